@@ -1,1 +1,195 @@
+//! The embedded SQLite store: one file in WAL mode.
+//!
+//! SQLite allows one writer at a time, so every write goes through one
+//! connection behind a mutex (no `SQLITE_BUSY` storms), run on tokio's
+//! blocking pool; reads use a small pool of their own connections.
+//! In-process wake-ups replace PostgreSQL's LISTEN/NOTIFY.
 
+mod data;
+mod tasks;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use datask_core::store::{StoreError, StoreResult};
+use jiff::Timestamp;
+use rusqlite::{Connection, OpenFlags};
+use tokio::sync::Notify;
+
+const MIGRATIONS: &[(&str, &str)] = &[("0001_init", include_str!("../migrations/0001_init.sql"))];
+const READERS: usize = 4;
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+    work: Notify,
+}
+
+fn backend(e: rusqlite::Error) -> StoreError {
+    StoreError::backend(e)
+}
+
+fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    // WAL lets readers run beside the writer; NORMAL sync is durable across
+    // process crashes (only an OS crash may lose the last transactions).
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = NORMAL;
+         PRAGMA foreign_keys = ON;
+         PRAGMA temp_store = MEMORY;
+         PRAGMA cache_size = -65536;",
+    )?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file.
+    pub async fn open(path: impl AsRef<Path>) -> StoreResult<Self> {
+        let path = path.as_ref().to_path_buf();
+        let writer = tokio::task::spawn_blocking({
+            let path = path.clone();
+            move || open_connection(&path)
+        })
+        .await
+        .map_err(StoreError::backend)?
+        .map_err(backend)?;
+        Ok(SqliteStore {
+            inner: Arc::new(Inner {
+                path,
+                writer: Mutex::new(writer),
+                readers: Mutex::new(Vec::new()),
+                work: Notify::new(),
+            }),
+        })
+    }
+
+    /// Applies the migrations not yet applied, tracked in `PRAGMA user_version`.
+    pub async fn migrate(&self) -> StoreResult<()> {
+        self.write(|conn| {
+            let applied: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+            for (i, (_name, sql)) in MIGRATIONS.iter().enumerate().skip(applied as usize) {
+                let tx = conn.unchecked_transaction()?;
+                tx.execute_batch(sql)?;
+                tx.pragma_update(None, "user_version", i as i64 + 1)?;
+                tx.commit()?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Runs `f` on the writer connection, off the async runtime.
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, Failure> + Send + 'static,
+    ) -> StoreResult<T> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = inner.writer.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut conn).map_err(StoreError::from)
+        })
+        .await
+        .map_err(StoreError::backend)?
+    }
+
+    /// Runs `f` on a reader connection, off the async runtime.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, Failure> + Send + 'static,
+    ) -> StoreResult<T> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = inner.take_reader()?;
+            let out = f(&conn);
+            inner.return_reader(conn);
+            out.map_err(StoreError::from)
+        })
+        .await
+        .map_err(StoreError::backend)?
+    }
+
+    fn wake_workers(&self) {
+        self.inner.work.notify_one();
+    }
+}
+
+impl Inner {
+    fn take_reader(&self) -> Result<Connection, Failure> {
+        if let Some(c) = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop() {
+            return Ok(c);
+        }
+        Ok(open_connection(&self.path)?)
+    }
+
+    fn return_reader(&self, conn: Connection) {
+        let mut readers = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        if readers.len() < READERS {
+            readers.push(conn);
+        }
+    }
+}
+
+/// What can go wrong inside a blocking closure: a database error or a
+/// store-level outcome (lease lost, conflict, …).
+enum Failure {
+    Sql(rusqlite::Error),
+    Store(StoreError),
+}
+
+impl From<rusqlite::Error> for Failure {
+    fn from(e: rusqlite::Error) -> Self {
+        Failure::Sql(e)
+    }
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Self {
+        Failure::Store(e)
+    }
+}
+
+impl From<serde_json::Error> for Failure {
+    fn from(e: serde_json::Error) -> Self {
+        Failure::Store(StoreError::backend(e))
+    }
+}
+
+impl From<Failure> for StoreError {
+    fn from(f: Failure) -> Self {
+        match f {
+            Failure::Sql(e) => backend(e),
+            Failure::Store(e) => e,
+        }
+    }
+}
+
+fn micros(t: Timestamp) -> i64 {
+    t.as_microsecond()
+}
+
+fn from_micros(us: i64) -> Timestamp {
+    Timestamp::from_microsecond(us).unwrap_or(Timestamp::MAX)
+}
+
+fn from_micros_opt(us: Option<i64>) -> Option<Timestamp> {
+    us.map(from_micros)
+}

@@ -1,0 +1,742 @@
+//! Tenants, credentials, tasks, leases and uploads on SQLite.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use datask_core::index::IndexDef;
+use datask_core::store::*;
+use datask_core::task::{LogEntry, NewTask, Task, TaskUpdate};
+use datask_core::{TaskId, TaskState, TenantId};
+use jiff::Timestamp;
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use crate::{Failure, SqliteStore, from_micros, from_micros_opt, micros};
+
+const TASK_COLUMNS: &str = "id, tenant_id, identifier, desc, state, trigger, target, logs, errors, \
+     progress_done, progress_total, output, result, version, attempts, max_attempts, debug, priority, \
+     cancel_requested, created_at, modified_at, started_at, finished_at, run_at, schedule_anchor, checkpoint";
+
+fn json_err(e: serde_json::Error) -> rusqlite::Error {
+    rusqlite::Error::ToSqlConversionFailure(Box::new(e))
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(text: &str) -> rusqlite::Result<T> {
+    serde_json::from_str(text).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+fn task_from_row(r: &Row) -> rusqlite::Result<Task> {
+    let state: String = r.get(4)?;
+    Ok(Task {
+        id: r.get(0)?,
+        tenant_id: r.get(1)?,
+        identifier: r.get(2)?,
+        desc: r.get(3)?,
+        state: TaskState::parse(&state).unwrap_or(TaskState::Fatal),
+        trigger: parse_json(&r.get::<_, String>(5)?)?,
+        target: parse_json(&r.get::<_, String>(6)?)?,
+        logs: parse_json(&r.get::<_, String>(7)?)?,
+        errors: parse_json(&r.get::<_, String>(8)?)?,
+        progress_done: r.get(9)?,
+        progress_total: r.get(10)?,
+        output: r
+            .get::<_, Option<String>>(11)?
+            .map(|s| parse_json(&s))
+            .transpose()?,
+        result: r.get(12)?,
+        version: r.get(13)?,
+        attempts: r.get(14)?,
+        max_attempts: r.get(15)?,
+        debug: r.get(16)?,
+        priority: r.get(17)?,
+        cancel_requested: r.get(18)?,
+        created_at: from_micros(r.get(19)?),
+        modified_at: from_micros(r.get(20)?),
+        started_at: from_micros_opt(r.get(21)?),
+        finished_at: from_micros_opt(r.get(22)?),
+        run_at: from_micros(r.get(23)?),
+        schedule_anchor: from_micros_opt(r.get(24)?),
+        checkpoint: r
+            .get::<_, Option<String>>(25)?
+            .map(|s| parse_json(&s))
+            .transpose()?,
+    })
+}
+
+fn load_task(
+    conn: &Connection,
+    tenant: Option<TenantId>,
+    id: TaskId,
+) -> rusqlite::Result<Option<Task>> {
+    let sql = format!(
+        "SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1 AND (?2 IS NULL OR tenant_id = ?2)"
+    );
+    conn.prepare_cached(&sql)?
+        .query_row(params![id, tenant], task_from_row)
+        .optional()
+}
+
+fn logs_json(logs: &[LogEntry]) -> Result<String, Failure> {
+    Ok(serde_json::to_string(logs)?)
+}
+
+/// `SET` clause appending the JSON array bound as parameter `$n` to the logs.
+macro_rules! append_logs {
+    ($n:literal) => {
+        concat!(
+            "logs = (SELECT json_group_array(json(value)) FROM (",
+            "SELECT 0 AS part, key, value FROM json_each(logs) UNION ALL ",
+            "SELECT 1, key, value FROM json_each(?",
+            $n,
+            ") ORDER BY part, key))"
+        )
+    };
+}
+const LOGS_AT_3: &str = append_logs!(3);
+const LOGS_AT_5: &str = append_logs!(5);
+const LOGS_AT_6: &str = append_logs!(6);
+const LOGS_AT_9: &str = append_logs!(9);
+
+/// Checks the fence; `LeaseLost` unless the task is INPROGRESS with it.
+pub(crate) fn check_fence(conn: &Connection, id: TaskId, fence: i64) -> Result<(), Failure> {
+    let ok = conn
+        .prepare_cached(
+            "SELECT 1 FROM tasks WHERE id = ?1 AND fence = ?2 AND state = 'INPROGRESS'",
+        )?
+        .exists(params![id, fence])?;
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::LeaseLost(id).into())
+    }
+}
+
+fn anchor_for(trigger: &datask_core::Trigger) -> Option<i64> {
+    trigger.repeat.and(trigger.once).map(micros)
+}
+
+fn must_exist(task: Option<Task>) -> Result<Task, Failure> {
+    task.ok_or(Failure::Store(StoreError::NotFound))
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn backend_name(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        self.read(|c| Ok(c.query_row("SELECT 1", [], |_| Ok(()))?))
+            .await
+    }
+
+    async fn create_tenant(&self, new: NewTenant) -> StoreResult<Tenant> {
+        let now = Timestamp::now();
+        self.write(move |c| {
+            let id = c.query_row(
+                "INSERT INTO tenants (name, timezone, concurrency, created_at) VALUES (?1, ?2, ?3, ?4) RETURNING id",
+                params![new.name, new.timezone, new.concurrency, micros(now)],
+                |r| r.get(0),
+            )?;
+            Ok(Tenant { id, name: new.name, timezone: new.timezone, concurrency: new.concurrency, created_at: from_micros(micros(now)) })
+        })
+        .await
+    }
+
+    async fn tenant(&self, id: TenantId) -> StoreResult<Option<Tenant>> {
+        self.read(move |c| {
+            Ok(c.prepare_cached(
+                "SELECT id, name, timezone, concurrency, created_at FROM tenants WHERE id = ?1",
+            )?
+            .query_row([id], |r| {
+                Ok(Tenant {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    timezone: r.get(2)?,
+                    concurrency: r.get(3)?,
+                    created_at: from_micros(r.get(4)?),
+                })
+            })
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn add_credential(&self, cred: Credential) -> StoreResult<()> {
+        self.write(move |c| {
+            c.execute(
+                "INSERT INTO credentials (secret_sha256, tenant_id, kind) VALUES (?1, ?2, ?3)",
+                params![cred.secret_sha256, cred.tenant_id, cred.kind.as_str()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn credential_by_hash(&self, secret_sha256: &str) -> StoreResult<Option<Credential>> {
+        let hash = secret_sha256.to_string();
+        self.read(move |c| {
+            Ok(c.prepare_cached(
+                "SELECT secret_sha256, tenant_id, kind FROM credentials WHERE secret_sha256 = ?1",
+            )?
+            .query_row([&hash], |r| {
+                let kind: String = r.get(2)?;
+                Ok(CredentialKind::parse(&kind).map(|kind| Credential {
+                    secret_sha256: r.get(0).unwrap_or_default(),
+                    tenant_id: r.get(1).unwrap_or_default(),
+                    kind,
+                }))
+            })
+            .optional()?
+            .flatten())
+        })
+        .await
+    }
+
+    async fn insert_task(&self, new: NewTask, now: Timestamp) -> StoreResult<InsertedTask> {
+        let out = self
+            .write(move |c| {
+                let tx = c.transaction()?;
+                if let Some(key) = &new.idempotency_key {
+                    let existing: Option<TaskId> = tx
+                        .prepare_cached("SELECT id FROM tasks WHERE tenant_id = ?1 AND idempotency_key = ?2")?
+                        .query_row(params![new.tenant_id, key], |r| r.get(0))
+                        .optional()?;
+                    if let Some(id) = existing {
+                        let task = must_exist(load_task(&tx, None, id)?)?;
+                        return Ok(InsertedTask { task, created: false });
+                    }
+                }
+                let id: TaskId = tx
+                    .prepare_cached(
+                        "INSERT INTO tasks (tenant_id, identifier, desc, state, trigger, target, max_attempts, priority,
+                             created_at, modified_at, run_at, schedule_anchor, idempotency_key)
+                         VALUES (?1, ?2, ?3, 'READY', ?4, ?5, ?6, ?7, ?8, ?8, ?9, ?10, ?11) RETURNING id",
+                    )?
+                    .query_row(
+                        params![
+                            new.tenant_id,
+                            new.identifier,
+                            new.desc,
+                            serde_json::to_string(&new.trigger).map_err(json_err)?,
+                            serde_json::to_string(&new.target).map_err(json_err)?,
+                            new.max_attempts,
+                            new.priority,
+                            micros(now),
+                            micros(new.run_at),
+                            anchor_for(&new.trigger),
+                            new.idempotency_key,
+                        ],
+                        |r| r.get(0),
+                    )?;
+                let task = must_exist(load_task(&tx, None, id)?)?;
+                tx.commit()?;
+                Ok(InsertedTask { task, created: true })
+            })
+            .await?;
+        if out.created {
+            self.wake_workers();
+        }
+        Ok(out)
+    }
+
+    async fn get_task(&self, tenant: TenantId, id: TaskId) -> StoreResult<Option<Task>> {
+        self.read(move |c| Ok(load_task(c, Some(tenant), id)?))
+            .await
+    }
+
+    async fn list_tasks(&self, tenant: TenantId, filter: &TaskFilter) -> StoreResult<Vec<Task>> {
+        let f = filter.clone();
+        self.read(move |c| {
+            let sql = format!(
+                "SELECT {TASK_COLUMNS} FROM tasks WHERE tenant_id = ?1
+                   AND (?2 IS NULL OR state = ?2) AND (?3 IS NULL OR identifier = ?3)
+                   AND (?4 IS NULL OR created_at > ?4) AND (?5 IS NULL OR created_at < ?5)
+                   AND (?6 IS NULL OR id < ?6)
+                 ORDER BY id DESC LIMIT ?7"
+            );
+            let mut stmt = c.prepare_cached(&sql)?;
+            let rows = stmt.query_map(
+                params![
+                    tenant,
+                    f.state.map(|s| s.as_str()),
+                    f.identifier,
+                    f.created_after.map(micros),
+                    f.created_before.map(micros),
+                    f.before_id,
+                    f.limit
+                ],
+                task_from_row,
+            )?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn update_task(
+        &self,
+        tenant: TenantId,
+        id: TaskId,
+        update: TaskUpdate,
+        now: Timestamp,
+    ) -> StoreResult<Task> {
+        self.write(move |c| {
+            let tx = c.transaction()?;
+            let task = must_exist(load_task(&tx, Some(tenant), id)?)?;
+            if let Some(v) = update.expected_version
+                && v != task.version
+            {
+                return Err(StoreError::VersionConflict { current: task.version }.into());
+            }
+            if task.state == TaskState::InProgress {
+                return Err(StoreError::Conflict(format!("task {id} is running; cancel it or wait until it finishes")).into());
+            }
+            tx.prepare_cached(
+                "UPDATE tasks SET desc = ?2, trigger = ?3, target = ?4, run_at = ?5, schedule_anchor = ?6,
+                     version = version + 1, modified_at = ?7 WHERE id = ?1",
+            )?
+            .execute(params![
+                id,
+                update.desc,
+                serde_json::to_string(&update.trigger).map_err(json_err)?,
+                serde_json::to_string(&update.target).map_err(json_err)?,
+                micros(update.run_at),
+                anchor_for(&update.trigger),
+                micros(now)
+            ])?;
+            let task = must_exist(load_task(&tx, None, id)?)?;
+            tx.commit()?;
+            Ok(task)
+        })
+        .await
+        .inspect(|_| self.wake_workers())
+    }
+
+    async fn delete_task(&self, tenant: TenantId, id: TaskId) -> StoreResult<()> {
+        self.write(move |c| {
+            let tx = c.transaction()?;
+            let task = must_exist(load_task(&tx, Some(tenant), id)?)?;
+            if task.state == TaskState::InProgress {
+                return Err(StoreError::Conflict(format!(
+                    "task {id} is running; cancel it before deleting it"
+                ))
+                .into());
+            }
+            tx.execute("DELETE FROM task_rejects WHERE task_id = ?1", [id])?;
+            tx.execute("DELETE FROM tasks WHERE id = ?1", [id])?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn execute_now(&self, tenant: TenantId, id: TaskId, now: Timestamp) -> StoreResult<Task> {
+        let task = self
+            .write(move |c| {
+                let tx = c.transaction()?;
+                let task = must_exist(load_task(&tx, Some(tenant), id)?)?;
+                if task.state == TaskState::InProgress {
+                    return Err(StoreError::Conflict(format!("task {id} is already running")).into());
+                }
+                let logs = if task.state != TaskState::Ready {
+                    vec![LogEntry::transition(task.state, TaskState::Ready, now)]
+                } else {
+                    vec![]
+                };
+                tx.prepare_cached(&format!(
+                    "UPDATE tasks SET state = 'READY', run_at = ?2, checkpoint = NULL, progress_done = 0, progress_total = NULL,
+                         cancel_requested = 0, version = version + 1, modified_at = ?2, {LOGS_AT_3} WHERE id = ?1"
+                ))?
+                .execute(params![id, micros(now), logs_json(&logs)?])?;
+                let task = must_exist(load_task(&tx, None, id)?)?;
+                tx.commit()?;
+                Ok(task)
+            })
+            .await?;
+        self.wake_workers();
+        Ok(task)
+    }
+
+    async fn request_cancel(
+        &self,
+        tenant: TenantId,
+        id: TaskId,
+        now: Timestamp,
+    ) -> StoreResult<Task> {
+        self.write(move |c| {
+            let tx = c.transaction()?;
+            let task = must_exist(load_task(&tx, Some(tenant), id)?)?;
+            match task.state {
+                TaskState::Ready => {
+                    let logs = vec![LogEntry::transition(TaskState::Ready, TaskState::Cancelled, now)];
+                    tx.prepare_cached(&format!(
+                        "UPDATE tasks SET state = 'CANCELLED', finished_at = ?2, version = version + 1, modified_at = ?2, {LOGS_AT_3} WHERE id = ?1"
+                    ))?
+                    .execute(params![id, micros(now), logs_json(&logs)?])?;
+                }
+                TaskState::InProgress => {
+                    tx.prepare_cached("UPDATE tasks SET cancel_requested = 1, version = version + 1, modified_at = ?2 WHERE id = ?1")?
+                        .execute(params![id, micros(now)])?;
+                }
+                done => return Err(StoreError::Conflict(format!("task {id} has already finished ({done})")).into()),
+            }
+            let task = must_exist(load_task(&tx, None, id)?)?;
+            tx.commit()?;
+            Ok(task)
+        })
+        .await
+    }
+
+    async fn claim(
+        &self,
+        worker: &str,
+        limit: usize,
+        lease: Duration,
+        now: Timestamp,
+    ) -> StoreResult<Vec<ClaimedTask>> {
+        let worker = worker.to_string();
+        self.write(move |c| {
+            let tx = c.transaction()?;
+            let mut running: HashMap<TenantId, i64> = HashMap::new();
+            {
+                let mut stmt = tx.prepare_cached("SELECT tenant_id, COUNT(*) FROM tasks WHERE state = 'INPROGRESS' GROUP BY tenant_id")?;
+                let mut rows = stmt.query([])?;
+                while let Some(r) = rows.next()? {
+                    running.insert(r.get(0)?, r.get(1)?);
+                }
+            }
+            let mut limits: HashMap<TenantId, i64> = HashMap::new();
+            let mut chosen: Vec<TaskId> = Vec::with_capacity(limit);
+            {
+                // Walk the due tasks in order and skip tenants at their limit;
+                // the partial index makes this a scan of READY tasks only.
+                let mut stmt = tx.prepare_cached(
+                    "SELECT id, tenant_id FROM tasks WHERE state = 'READY' AND run_at <= ?1 ORDER BY priority, run_at, id",
+                )?;
+                let mut rows = stmt.query([micros(now)])?;
+                let mut tenant_stmt = tx.prepare_cached("SELECT concurrency FROM tenants WHERE id = ?1")?;
+                while chosen.len() < limit {
+                    let Some(r) = rows.next()? else { break };
+                    let (id, tenant): (TaskId, TenantId) = (r.get(0)?, r.get(1)?);
+                    let cap = match limits.get(&tenant) {
+                        Some(c) => *c,
+                        None => {
+                            let c: i64 = tenant_stmt.query_row([tenant], |r| r.get(0)).optional()?.unwrap_or(1);
+                            limits.insert(tenant, c);
+                            c
+                        }
+                    };
+                    let n = running.entry(tenant).or_insert(0);
+                    if *n < cap {
+                        *n += 1;
+                        chosen.push(id);
+                    }
+                }
+            }
+            let mut claimed = Vec::with_capacity(chosen.len());
+            let lease_until = micros(now) + lease.as_micros() as i64;
+            let log = logs_json(&[LogEntry::transition(TaskState::Ready, TaskState::InProgress, now)])?;
+            for id in chosen {
+                let fence: i64 = tx.prepare_cached("UPDATE fence_seq SET value = value + 1 WHERE id = 1 RETURNING value")?.query_row([], |r| r.get(0))?;
+                tx.prepare_cached(&format!(
+                    "UPDATE tasks SET state = 'INPROGRESS', attempts = attempts + 1, fence = ?2, lease_owner = ?3,
+                         lease_expires_at = ?4, started_at = ?5, cancel_requested = 0, version = version + 1,
+                         modified_at = ?5, {LOGS_AT_6} WHERE id = ?1"
+                ))?
+                .execute(params![id, fence, worker, lease_until, micros(now), log])?;
+                let task = must_exist(load_task(&tx, None, id)?)?;
+                claimed.push(ClaimedTask { task, fence });
+            }
+            tx.commit()?;
+            Ok(claimed)
+        })
+        .await
+    }
+
+    async fn heartbeat(&self, id: TaskId, fence: i64, lease_until: Timestamp) -> StoreResult<bool> {
+        self.write(move |c| {
+            let cancel: Option<bool> = c
+                .prepare_cached(
+                    "UPDATE tasks SET lease_expires_at = ?3 WHERE id = ?1 AND fence = ?2 AND state = 'INPROGRESS' RETURNING cancel_requested",
+                )?
+                .query_row(params![id, fence, micros(lease_until)], |r| r.get(0))
+                .optional()?;
+            cancel.ok_or(Failure::Store(StoreError::LeaseLost(id)))
+        })
+        .await
+    }
+
+    async fn set_progress(
+        &self,
+        id: TaskId,
+        fence: i64,
+        done: i64,
+        total: Option<i64>,
+    ) -> StoreResult<()> {
+        let now = Timestamp::now();
+        self.write(move |c| {
+            let n = c
+                .prepare_cached(
+                    "UPDATE tasks SET progress_done = ?3, progress_total = COALESCE(?4, progress_total), version = version + 1, modified_at = ?5
+                     WHERE id = ?1 AND fence = ?2 AND state = 'INPROGRESS'",
+                )?
+                .execute(params![id, fence, done, total, micros(now)])?;
+            if n == 0 { Err(StoreError::LeaseLost(id).into()) } else { Ok(()) }
+        })
+        .await
+    }
+
+    async fn append_logs(&self, id: TaskId, fence: i64, logs: Vec<LogEntry>) -> StoreResult<()> {
+        let now = Timestamp::now();
+        self.write(move |c| {
+            let n = c
+                .prepare_cached(&format!(
+                    "UPDATE tasks SET {LOGS_AT_3}, version = version + 1, modified_at = ?4 WHERE id = ?1 AND fence = ?2 AND state = 'INPROGRESS'"
+                ))?
+                .execute(params![id, fence, logs_json(&logs)?, micros(now)])?;
+            if n == 0 { Err(StoreError::LeaseLost(id).into()) } else { Ok(()) }
+        })
+        .await
+    }
+
+    async fn complete(&self, id: TaskId, fence: i64, done: Completion) -> StoreResult<()> {
+        let rescheduled = done.reschedule.is_some();
+        self.write(move |c| {
+            let tx = c.transaction()?;
+            check_fence(&tx, id, fence)?;
+            let mut logs = vec![LogEntry::transition(TaskState::InProgress, done.state, done.now)];
+            logs.extend(done.logs);
+            let (state, run_at) = match done.reschedule {
+                Some(at) => {
+                    logs.push(LogEntry::transition(done.state, TaskState::Ready, done.now));
+                    (TaskState::Ready, Some(micros(at)))
+                }
+                None => (done.state, None),
+            };
+            tx.prepare_cached(&format!(
+                "UPDATE tasks SET state = ?2, errors = ?3, output = ?4, result = ?5, finished_at = ?6, modified_at = ?6,
+                     version = version + 1, lease_owner = NULL, lease_expires_at = NULL, checkpoint = NULL,
+                     run_at = COALESCE(?7, run_at),
+                     trigger = CASE WHEN ?7 IS NULL THEN trigger ELSE json_set(trigger, '$.once', ?8) END,
+                     {LOGS_AT_9}
+                 WHERE id = ?1"
+            ))?
+            .execute(params![
+                id,
+                state.as_str(),
+                serde_json::to_string(&done.errors)?,
+                done.output.map(|o| o.to_string()),
+                done.result,
+                micros(done.now),
+                run_at,
+                done.reschedule.map(|t| t.to_string()),
+                logs_json(&logs)?,
+            ])?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await?;
+        if rescheduled {
+            self.wake_workers();
+        }
+        Ok(())
+    }
+
+    async fn retry_later(
+        &self,
+        id: TaskId,
+        fence: i64,
+        run_at: Timestamp,
+        logs: Vec<LogEntry>,
+    ) -> StoreResult<()> {
+        self.back_to_ready(id, fence, Some(run_at), logs, false)
+            .await
+    }
+
+    async fn release(&self, id: TaskId, fence: i64, logs: Vec<LogEntry>) -> StoreResult<()> {
+        self.back_to_ready(id, fence, None, logs, true).await
+    }
+
+    async fn reclaim_expired(&self, now: Timestamp) -> StoreResult<Vec<TaskId>> {
+        let ids = self
+            .write(move |c| {
+                let tx = c.transaction()?;
+                let expired: Vec<(TaskId, i64, i64, bool)> = tx
+                    .prepare_cached(
+                        "SELECT id, attempts, max_attempts, cancel_requested FROM tasks WHERE state = 'INPROGRESS' AND lease_expires_at < ?1",
+                    )?
+                    .query_map([micros(now)], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                    .collect::<Result<_, _>>()?;
+                for &(id, attempts, max_attempts, cancel) in &expired {
+                    let to = if cancel {
+                        TaskState::Cancelled
+                    } else if attempts >= max_attempts {
+                        TaskState::Fatal
+                    } else {
+                        TaskState::Ready
+                    };
+                    let msg = if to == TaskState::Fatal {
+                        format!("lease expired; all {max_attempts} attempts are spent")
+                    } else {
+                        "lease expired".to_string()
+                    };
+                    let logs = [LogEntry::transition(TaskState::InProgress, to, now), LogEntry::new(msg, now)];
+                    let finished = if to == TaskState::Ready { None } else { Some(micros(now)) };
+                    tx.prepare_cached(&format!(
+                        "UPDATE tasks SET state = ?2, run_at = ?3, finished_at = COALESCE(?4, finished_at), lease_owner = NULL,
+                             lease_expires_at = NULL, version = version + 1, modified_at = ?3, {LOGS_AT_5} WHERE id = ?1"
+                    ))?
+                    .execute(params![id, to.as_str(), micros(now), finished, logs_json(&logs)?])?;
+                }
+                tx.commit()?;
+                Ok(expired.into_iter().map(|e| e.0).collect::<Vec<_>>())
+            })
+            .await?;
+        if !ids.is_empty() {
+            self.wake_workers();
+        }
+        Ok(ids)
+    }
+
+    async fn next_due(&self) -> StoreResult<Option<Timestamp>> {
+        self.read(|c| {
+            let at: Option<i64> = c.query_row(
+                "SELECT MIN(run_at) FROM tasks WHERE state = 'READY'",
+                [],
+                |r| r.get(0),
+            )?;
+            Ok(from_micros_opt(at))
+        })
+        .await
+    }
+
+    async fn wait_for_work(&self, max: Duration) {
+        let _ = tokio::time::timeout(max, self.inner.work.notified()).await;
+    }
+
+    async fn try_lead(&self, node: &str, ttl: Duration, now: Timestamp) -> StoreResult<bool> {
+        let node = node.to_string();
+        self.write(move |c| {
+            let until = micros(now) + ttl.as_micros() as i64;
+            let n = c.execute(
+                "INSERT INTO leader (name, node, expires_at) VALUES ('scheduler', ?1, ?2)
+                 ON CONFLICT (name) DO UPDATE SET node = excluded.node, expires_at = excluded.expires_at
+                 WHERE leader.node = excluded.node OR leader.expires_at < ?3",
+                params![node, until, micros(now)],
+            )?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn insert_upload(&self, u: Upload) -> StoreResult<()> {
+        self.write(move |c| {
+            c.execute(
+                "INSERT INTO uploads (id, tenant_id, size, sha256, object_key, filename, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![u.id, u.tenant_id, u.size, u.sha256, u.object_key, u.filename, micros(u.created_at)],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_upload(&self, tenant: TenantId, id: &str) -> StoreResult<Option<Upload>> {
+        let id = id.to_string();
+        self.read(move |c| {
+            Ok(c.prepare_cached("SELECT id, tenant_id, size, sha256, object_key, filename, created_at FROM uploads WHERE id = ?1 AND tenant_id = ?2")?
+                .query_row(params![id, tenant], |r| {
+                    Ok(Upload {
+                        id: r.get(0)?,
+                        tenant_id: r.get(1)?,
+                        size: r.get(2)?,
+                        sha256: r.get(3)?,
+                        object_key: r.get(4)?,
+                        filename: r.get(5)?,
+                        created_at: from_micros(r.get(6)?),
+                    })
+                })
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn import_batch(&self, batch: ImportBatch) -> StoreResult<BatchOutcome> {
+        self.write(move |c| crate::data::import_batch(c, batch))
+            .await
+    }
+
+    async fn clear_rejects(&self, task: TaskId, fence: i64) -> StoreResult<()> {
+        self.write(move |c| {
+            let tx = c.transaction()?;
+            check_fence(&tx, task, fence)?;
+            tx.execute("DELETE FROM task_rejects WHERE task_id = ?1", [task])?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn reject_summary(&self, task: TaskId) -> StoreResult<Vec<RejectGroup>> {
+        self.read(move |c| crate::data::reject_summary(c, task))
+            .await
+    }
+
+    async fn rejects(
+        &self,
+        task: TaskId,
+        after_row: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<RowReject>> {
+        self.read(move |c| crate::data::rejects(c, task, after_row, limit))
+            .await
+    }
+
+    async fn count_rows(&self, tenant: TenantId, index: &'static IndexDef) -> StoreResult<i64> {
+        self.read(move |c| {
+            Ok(c.query_row(
+                &format!("SELECT COUNT(*) FROM {} WHERE tenant_id = ?1", index.table),
+                [tenant],
+                |r| r.get(0),
+            )?)
+        })
+        .await
+    }
+
+    async fn export_rows(
+        &self,
+        tenant: TenantId,
+        index: &'static IndexDef,
+    ) -> StoreResult<RowStream> {
+        Ok(crate::data::export_rows(self.inner.clone(), tenant, index))
+    }
+}
+
+impl SqliteStore {
+    async fn back_to_ready(
+        &self,
+        id: TaskId,
+        fence: i64,
+        run_at: Option<Timestamp>,
+        mut logs: Vec<LogEntry>,
+        give_back: bool,
+    ) -> StoreResult<()> {
+        let now = Timestamp::now();
+        self.write(move |c| {
+            let tx = c.transaction()?;
+            check_fence(&tx, id, fence)?;
+            logs.insert(0, LogEntry::transition(TaskState::InProgress, TaskState::Ready, now));
+            tx.prepare_cached(&format!(
+                "UPDATE tasks SET state = 'READY', run_at = ?2, attempts = attempts - ?3, lease_owner = NULL, lease_expires_at = NULL,
+                     version = version + 1, modified_at = ?4, {LOGS_AT_5} WHERE id = ?1"
+            ))?
+            .execute(params![id, micros(run_at.unwrap_or(now)), give_back as i64, micros(now), logs_json(&logs)?])?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await?;
+        self.wake_workers();
+        Ok(())
+    }
+}
