@@ -1,0 +1,442 @@
+//! The worker loop and the rescuer.
+//!
+//! `tick()` claims what fits in the free slots and starts it; the loop around
+//! it only waits (for a wake-up, a finished task, the next due time, or the
+//! poll interval). Each running task has a heartbeat beside it that renews
+//! the lease and carries cancellation requests in.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::Duration;
+
+use datask_core::schedule::{next_after, time_zone};
+use datask_core::store::{ClaimedTask, Completion};
+use datask_core::task::Task;
+use datask_core::{LogEntry, Store, TaskState};
+use futures::FutureExt;
+use jiff::Timestamp;
+use serde_json::{Map, Value, json};
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::FileStore;
+use crate::handler::{Outcome, Registry, TaskContext, TaskError};
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Names this node in leases and leadership.
+    pub node: String,
+    /// Tasks this process runs at once.
+    pub slots: usize,
+    pub lease: Duration,
+    /// Longest sleep when nothing wakes the loop.
+    pub poll: Duration,
+    /// How long running tasks may take to finish on shutdown.
+    pub grace: Duration,
+    /// A run taking longer is stopped and FATAL.
+    pub task_timeout: Duration,
+    /// First retry delay; doubles per attempt.
+    pub backoff: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            node: format!("node-{}", uuid::Uuid::new_v4().simple()),
+            slots: 4,
+            lease: Duration::from_secs(30),
+            poll: Duration::from_secs(1),
+            grace: Duration::from_secs(10),
+            task_timeout: Duration::from_secs(6 * 3600),
+            backoff: Duration::from_secs(2),
+        }
+    }
+}
+
+/// What one `tick` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tick {
+    Started(usize),
+    NoFreeSlot,
+    NothingDue,
+}
+
+#[derive(Clone)]
+pub struct Engine {
+    store: Arc<dyn Store>,
+    files: FileStore,
+    registry: Arc<Registry>,
+    config: EngineConfig,
+}
+
+struct Running {
+    set: JoinSet<i64>,
+    /// Per running task: its stop token and whether it was asked to release.
+    stops: Vec<(i64, CancellationToken, Arc<AtomicBool>)>,
+}
+
+impl Engine {
+    pub fn new(
+        store: Arc<dyn Store>,
+        files: FileStore,
+        registry: Arc<Registry>,
+        config: EngineConfig,
+    ) -> Self {
+        Engine {
+            store,
+            files,
+            registry,
+            config,
+        }
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// Runs workers and the rescuer until `shutdown` fires, then stops
+    /// claiming, lets running tasks finish within the grace period, and
+    /// releases the rest back to READY.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let rescuer = tokio::spawn(self.clone().rescue_loop(shutdown.clone()));
+        let finished = Arc::new(Notify::new());
+        let mut running = Running {
+            set: JoinSet::new(),
+            stops: Vec::new(),
+        };
+        loop {
+            while let Some(done) = running.set.try_join_next() {
+                if let Ok(id) = done {
+                    running.stops.retain(|(t, _, _)| *t != id);
+                }
+            }
+            let tick = match self.tick(&mut running, &finished).await {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(error = %e, "claim failed");
+                    Tick::NothingDue
+                }
+            };
+            if let Tick::Started(_) = tick {
+                continue;
+            }
+            let wait = match self.store.next_due().await {
+                Ok(Some(due)) => {
+                    let ms =
+                        (due.as_millisecond() - Timestamp::now().as_millisecond()).max(0) as u64;
+                    Duration::from_millis(ms).min(self.config.poll)
+                }
+                _ => self.config.poll,
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = self.store.wait_for_work(wait), if tick != Tick::NoFreeSlot => {}
+                _ = tokio::time::sleep(self.config.poll), if tick == Tick::NoFreeSlot => {}
+                _ = finished.notified() => {}
+            }
+        }
+        rescuer.abort();
+        self.drain(running).await;
+    }
+
+    /// Claims and starts as many due tasks as there are free slots.
+    async fn tick(
+        &self,
+        running: &mut Running,
+        finished: &Arc<Notify>,
+    ) -> Result<Tick, datask_core::StoreError> {
+        let free = self.config.slots.saturating_sub(running.set.len());
+        if free == 0 {
+            return Ok(Tick::NoFreeSlot);
+        }
+        let claimed = self
+            .store
+            .claim(&self.config.node, free, self.config.lease, Timestamp::now())
+            .await?;
+        if claimed.is_empty() {
+            return Ok(Tick::NothingDue);
+        }
+        let n = claimed.len();
+        for c in claimed {
+            let stop = CancellationToken::new();
+            let release = Arc::new(AtomicBool::new(false));
+            running
+                .stops
+                .push((c.task.id, stop.clone(), release.clone()));
+            let engine = self.clone();
+            let finished = finished.clone();
+            running.set.spawn(async move {
+                let id = c.task.id;
+                engine.run_one(c, stop, release).await;
+                finished.notify_one();
+                id
+            });
+        }
+        Ok(Tick::Started(n))
+    }
+
+    async fn drain(&self, mut running: Running) {
+        let grace = tokio::time::sleep(self.config.grace);
+        tokio::pin!(grace);
+        loop {
+            tokio::select! {
+                next = running.set.join_next() => if next.is_none() { return },
+                _ = &mut grace => break,
+            }
+        }
+        // Out of time: ask the rest to stop and hand their tasks back.
+        for (_, stop, release) in &running.stops {
+            release.store(true, Ordering::SeqCst);
+            stop.cancel();
+        }
+        while running.set.join_next().await.is_some() {}
+    }
+
+    async fn rescue_loop(self, shutdown: CancellationToken) {
+        let every = (self.config.lease / 3).max(Duration::from_millis(200));
+        loop {
+            let now = Timestamp::now();
+            match self
+                .store
+                .try_lead(&self.config.node, self.config.lease, now)
+                .await
+            {
+                Ok(true) => match self.store.reclaim_expired(now).await {
+                    Ok(ids) if !ids.is_empty() => tracing::info!(?ids, "reclaimed expired leases"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "reclaim failed"),
+                },
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "leader election failed"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+        }
+    }
+
+    /// Runs one claimed task to its recorded end.
+    async fn run_one(
+        &self,
+        claimed: ClaimedTask,
+        stop: CancellationToken,
+        release: Arc<AtomicBool>,
+    ) {
+        let ClaimedTask { task, fence } = claimed;
+        let id = task.id;
+        let lease_lost = Arc::new(AtomicBool::new(false));
+        let heartbeat = tokio::spawn(heartbeat(
+            self.store.clone(),
+            id,
+            fence,
+            self.config.lease,
+            stop.clone(),
+            lease_lost.clone(),
+        ));
+        let result = match self.registry.get(&task.identifier) {
+            None => Err(TaskError::Fatal(format!(
+                "no handler for identifier '{}'",
+                task.identifier
+            ))),
+            Some(handler) => {
+                let ctx = TaskContext {
+                    task: task.clone(),
+                    fence,
+                    store: self.store.clone(),
+                    files: self.files.clone(),
+                    stop: stop.clone(),
+                    lease_lost: lease_lost.clone(),
+                    last_progress_ms: AtomicI64::new(0),
+                };
+                let run = std::panic::AssertUnwindSafe(handler.run(&ctx)).catch_unwind();
+                match tokio::time::timeout(self.config.task_timeout, run).await {
+                    Err(_) => Err(TaskError::Fatal(format!(
+                        "timed out after {} s",
+                        self.config.task_timeout.as_secs()
+                    ))),
+                    Ok(Err(panic)) => Err(TaskError::Retryable(format!(
+                        "handler panicked: {}",
+                        panic_message(&panic)
+                    ))),
+                    Ok(Ok(r)) => r,
+                }
+            }
+        };
+        heartbeat.abort();
+        if lease_lost.load(Ordering::SeqCst) {
+            tracing::warn!(task = id, "lease lost; the run's outcome is dropped");
+            return;
+        }
+        let now = Timestamp::now();
+        let recorded = match result {
+            Err(TaskError::Cancelled) if release.load(Ordering::SeqCst) => {
+                self.store
+                    .release(id, fence, vec![LogEntry::new("released at shutdown", now)])
+                    .await
+            }
+            Err(TaskError::LeaseLost) => Ok(()),
+            Ok(outcome) => self.finish(&task, fence, outcome, now).await,
+            Err(TaskError::Cancelled) => {
+                let c = completion(
+                    TaskState::Cancelled,
+                    Map::new(),
+                    vec![LogEntry::new("cancelled", now)],
+                    None,
+                    now,
+                );
+                self.store.complete(id, fence, c).await
+            }
+            Err(TaskError::Retryable(msg)) if task.attempts < task.max_attempts => {
+                let delay = self.config.backoff
+                    * 2u32.saturating_pow((task.attempts - 1).clamp(0, 16) as u32);
+                let at = now + jiff::SignedDuration::try_from(delay).unwrap_or_default();
+                let log = LogEntry::new(
+                    format!(
+                        "attempt {} of {} failed: {msg}; retrying at {at}",
+                        task.attempts, task.max_attempts
+                    ),
+                    now,
+                );
+                self.store.retry_later(id, fence, at, vec![log]).await
+            }
+            Err(TaskError::Retryable(msg) | TaskError::Fatal(msg)) => {
+                let mut errors = Map::new();
+                errors.insert("task".into(), json!([msg.clone()]));
+                let reschedule = self.reschedule(&task, now).await;
+                let c = completion(
+                    TaskState::Fatal,
+                    errors,
+                    vec![LogEntry::new(format!("failed: {msg}"), now)],
+                    reschedule,
+                    now,
+                );
+                self.store.complete(id, fence, c).await
+            }
+        };
+        if let Err(e) = recorded {
+            tracing::warn!(task = id, error = %e, "could not record the outcome");
+        }
+    }
+
+    async fn finish(
+        &self,
+        task: &Task,
+        fence: i64,
+        outcome: Outcome,
+        now: Timestamp,
+    ) -> Result<(), datask_core::StoreError> {
+        let state = outcome.state();
+        let mut log = LogEntry::new(
+            if state == TaskState::Done {
+                "success"
+            } else {
+                "completed with errors"
+            },
+            now,
+        );
+        if let Some(c) = outcome.counts {
+            log.total = Some(c.total);
+            log.errors = Some(c.errors);
+            log.skips = Some(c.skips);
+            log.success = Some(c.success);
+        }
+        let reschedule = self.reschedule(task, now).await;
+        let mut c = completion(state, outcome.errors, vec![log], reschedule, now);
+        c.output = outcome.output;
+        c.result = outcome.result;
+        self.store.complete(task.id, fence, c).await
+    }
+
+    /// The next run of a repeating task, in its time zone (the trigger's,
+    /// else the tenant's, else UTC).
+    async fn reschedule(&self, task: &Task, now: Timestamp) -> Option<Timestamp> {
+        let repeat = task.trigger.repeat?;
+        let zone_name = match &task.trigger.timezone {
+            Some(z) => z.clone(),
+            None => self
+                .store
+                .tenant(task.tenant_id)
+                .await
+                .ok()
+                .flatten()
+                .map(|t| t.timezone)
+                .unwrap_or_else(|| "UTC".into()),
+        };
+        let zone = time_zone(&zone_name).unwrap_or(jiff::tz::TimeZone::UTC);
+        let anchor = task
+            .schedule_anchor
+            .or(task.trigger.once)
+            .or(task.started_at)
+            .unwrap_or(now);
+        Some(next_after(anchor, repeat, &zone, now))
+    }
+}
+
+fn completion(
+    state: TaskState,
+    errors: Map<String, Value>,
+    logs: Vec<LogEntry>,
+    reschedule: Option<Timestamp>,
+    now: Timestamp,
+) -> Completion {
+    Completion {
+        state,
+        errors,
+        output: None,
+        result: None,
+        logs,
+        reschedule,
+        now,
+    }
+}
+
+/// Renews the lease every third of its length; fires `stop` on a cancel
+/// request or when the lease turns out lost.
+async fn heartbeat(
+    store: Arc<dyn Store>,
+    id: i64,
+    fence: i64,
+    lease: Duration,
+    stop: CancellationToken,
+    lost: Arc<AtomicBool>,
+) {
+    // Cancellation should be seen within a second even with a long lease.
+    let every = (lease / 3).min(Duration::from_millis(500));
+    let mut last_renew = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(every).await;
+        let until = Timestamp::now() + jiff::SignedDuration::try_from(lease).unwrap_or_default();
+        match store.heartbeat(id, fence, until).await {
+            Ok(cancel) => {
+                last_renew = tokio::time::Instant::now();
+                if cancel {
+                    stop.cancel();
+                }
+            }
+            Err(datask_core::StoreError::LeaseLost(_)) => {
+                lost.store(true, Ordering::SeqCst);
+                stop.cancel();
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(task = id, error = %e, "heartbeat failed");
+                // Without a renewal for a whole lease, assume another worker took it.
+                if last_renew.elapsed() >= lease {
+                    lost.store(true, Ordering::SeqCst);
+                    stop.cancel();
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
