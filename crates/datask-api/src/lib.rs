@@ -1,1 +1,80 @@
+//! HTTP: the REST task API of the second seed, uploads, signed downloads,
+//! administration and health. Handlers here write no SQL: they speak to the
+//! store trait and the engine's registry.
 
+mod admin;
+mod auth;
+mod body;
+mod downloads;
+mod error;
+mod render;
+mod rest;
+mod uploads;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::get;
+use datask_core::Store;
+use datask_engine::{FileStore, Registry};
+
+pub use auth::{hash_secret, new_secret};
+pub use downloads::Signer;
+pub use error::ApiError;
+
+/// Limits and addresses the API needs.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Base of absolute links (download URLs), e.g. `http://127.0.0.1:8080`.
+    pub public_url: String,
+    /// SHA-256 (hex) of the root key; `None` turns the admin routes off.
+    pub root_key_sha256: Option<String>,
+    pub max_json_bytes: usize,
+    pub max_upload_bytes: u64,
+    /// Lifetime of a signed download URL.
+    pub download_ttl: std::time::Duration,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            public_url: "http://127.0.0.1:8080".into(),
+            root_key_sha256: None,
+            max_json_bytes: 1 << 20,
+            max_upload_bytes: 4 << 30,
+            download_ttl: std::time::Duration::from_secs(15 * 60),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub files: FileStore,
+    pub registry: Arc<Registry>,
+    pub signer: Signer,
+    pub config: Arc<ApiConfig>,
+}
+
+pub fn router(state: AppState) -> Router {
+    let json_limit = state.config.max_json_bytes;
+    Router::new()
+        .merge(rest::router())
+        .merge(admin::router())
+        .merge(downloads::router())
+        .layer(DefaultBodyLimit::max(json_limit))
+        // Uploads stream with their own, larger limit.
+        .merge(uploads::router())
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .with_state(state)
+}
+
+async fn readyz(
+    axum::extract::State(state): axum::extract::State<AppState>,
+) -> Result<&'static str, ApiError> {
+    state.store.ping().await?;
+    Ok("ready")
+}
