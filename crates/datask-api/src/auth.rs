@@ -12,8 +12,12 @@ use subtle::ConstantTimeEq;
 use crate::AppState;
 use crate::error::ApiError;
 
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
 pub fn hash_secret(secret: &str) -> String {
-    hex::encode(Sha256::digest(secret.as_bytes()))
+    sha256_hex(secret.as_bytes())
 }
 
 /// A new random secret with a readable prefix (`dtk_app_…`, `dtk_priv_…`).

@@ -7,6 +7,7 @@ mod auth;
 mod body;
 mod downloads;
 mod error;
+mod events;
 mod render;
 mod rest;
 mod uploads;
@@ -19,7 +20,7 @@ use axum::routing::get;
 use datask_core::Store;
 use datask_engine::{FileStore, Registry};
 
-pub use auth::{hash_secret, new_secret};
+pub use auth::{hash_secret, new_secret, sha256_hex};
 pub use downloads::Signer;
 pub use error::ApiError;
 
@@ -63,6 +64,7 @@ pub fn router(state: AppState) -> Router {
         .merge(rest::router())
         .merge(admin::router())
         .merge(downloads::router())
+        .merge(events::router())
         .layer(DefaultBodyLimit::max(json_limit))
         // Uploads stream with their own, larger limit.
         .merge(uploads::router())

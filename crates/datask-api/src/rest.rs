@@ -185,6 +185,15 @@ async fn resolve(
     handler
         .validate(&mut target)
         .map_err(|e| ApiError::invalid(format!("target.{}", e.field), e.message))?;
+    // An input file must exist in the caller's tenant when the task is accepted.
+    if let Some(Value::String(upload_id)) = target.get("upload_id")
+        && state.store.get_upload(tenant_id, upload_id).await?.is_none()
+    {
+        return Err(ApiError::invalid(
+            "target.upload_id",
+            format!("no upload '{upload_id}' in this tenant; upload the file with POST /uploads first"),
+        ));
+    }
 
     let desc = input.desc.unwrap_or_default();
     if desc.chars().count() > 1000 {
