@@ -1,0 +1,361 @@
+//! The engine against real stores: retries to FATAL, cancellation of a
+//! running handler, a lost lease, graceful release, per-tenant limits.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use datask_core::store::NewTenant;
+use datask_core::task::NewTask;
+use datask_core::{Store, TaskState, Trigger};
+use datask_engine::{
+    Engine, EngineConfig, FileStore, Handler, Invalid, Outcome, Registry, TaskContext, TaskError,
+};
+use jiff::Timestamp;
+use serde_json::{Map, Value};
+use tokio_util::sync::CancellationToken;
+
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+fn pg_url() -> Option<String> {
+    match std::env::var("DATASK_TEST_PG_URL") {
+        Ok(u) if !u.is_empty() => Some(u),
+        _ => {
+            assert_ne!(
+                std::env::var("DATASK_REQUIRE_PG").as_deref(),
+                Ok("1"),
+                "DATASK_TEST_PG_URL is required"
+            );
+            eprintln!("skipped: DATASK_TEST_PG_URL not set");
+            None
+        }
+    }
+}
+
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() { super::$name(super::Backend::Sqlite).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() { if super::pg_url().is_some() { super::$name(super::Backend::Postgres).await } }
+        }
+    )*};
+}
+
+on_both_stores!(
+    retries_then_fatal,
+    cancel_reaches_a_running_handler,
+    lost_lease_records_nothing,
+    shutdown_releases_running_tasks,
+    tenant_concurrency_is_a_ceiling
+);
+
+struct Harness {
+    store: Arc<dyn Store>,
+    files: FileStore,
+    tenant: i64,
+    _dir: tempfile::TempDir,
+}
+
+async fn harness(b: Backend, concurrency: i64) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = match b {
+        Backend::Sqlite => {
+            let s = datask_store_sqlite::SqliteStore::open(dir.path().join("t.db"))
+                .await
+                .unwrap();
+            s.migrate().await.unwrap();
+            Arc::new(s)
+        }
+        Backend::Postgres => {
+            Arc::new(datask_store_postgres::testing::fresh_store(&pg_url().unwrap()).await)
+        }
+    };
+    let files = FileStore::local(&dir.path().join("files")).unwrap();
+    let tenant = store
+        .create_tenant(NewTenant {
+            name: "t".into(),
+            timezone: "UTC".into(),
+            concurrency,
+        })
+        .await
+        .unwrap()
+        .id;
+    Harness {
+        store,
+        files,
+        tenant,
+        _dir: dir,
+    }
+}
+
+impl Harness {
+    async fn task(&self, identifier: &str, max_attempts: i64) -> i64 {
+        let now = Timestamp::now();
+        let new = NewTask {
+            tenant_id: self.tenant,
+            identifier: identifier.into(),
+            desc: String::new(),
+            trigger: Trigger::default(),
+            target: Map::new(),
+            max_attempts,
+            priority: 10,
+            run_at: now,
+            idempotency_key: None,
+        };
+        self.store.insert_task(new, now).await.unwrap().task.id
+    }
+
+    fn start(
+        &self,
+        registry: Registry,
+        slots: usize,
+        lease: Duration,
+    ) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+        let config = EngineConfig {
+            slots,
+            lease,
+            poll: Duration::from_millis(100),
+            grace: Duration::from_millis(300),
+            backoff: Duration::from_millis(50),
+            ..EngineConfig::default()
+        };
+        let engine = Engine::new(
+            self.store.clone(),
+            self.files.clone(),
+            Arc::new(registry),
+            config,
+        );
+        let stop = CancellationToken::new();
+        (stop.clone(), tokio::spawn(engine.run(stop)))
+    }
+
+    async fn wait_state(&self, id: i64, states: &[TaskState], secs: u64) -> datask_core::Task {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            let t = self.store.get_task(self.tenant, id).await.unwrap().unwrap();
+            if states.contains(&t.state) {
+                return t;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "task {id} is {:?}: {:?}",
+                t.state,
+                t.logs
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// A handler whose behaviour the test picks.
+struct Scripted {
+    name: &'static str,
+    runs: Arc<AtomicUsize>,
+    behaviour: fn(usize) -> Behaviour,
+}
+
+#[derive(Clone, Copy)]
+enum Behaviour {
+    Fail,
+    Panic,
+    RunUntilStopped,
+    SleepIgnoringCancel(u64),
+}
+
+#[async_trait]
+impl Handler for Scripted {
+    fn identifier(&self) -> &'static str {
+        self.name
+    }
+    fn validate(&self, _: &mut Map<String, Value>) -> Result<(), Invalid> {
+        Ok(())
+    }
+    async fn run(&self, ctx: &TaskContext) -> Result<Outcome, TaskError> {
+        let n = self.runs.fetch_add(1, Ordering::SeqCst);
+        match (self.behaviour)(n) {
+            Behaviour::Fail => Err(TaskError::Retryable(format!("boom {n}"))),
+            Behaviour::Panic => panic!("handler bug"),
+            Behaviour::RunUntilStopped => loop {
+                ctx.checkpoint()?;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            },
+            Behaviour::SleepIgnoringCancel(ms) => {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                Ok(Outcome::default())
+            }
+        }
+    }
+}
+
+fn registry(
+    name: &'static str,
+    runs: &Arc<AtomicUsize>,
+    behaviour: fn(usize) -> Behaviour,
+) -> Registry {
+    let mut r = Registry::new();
+    r.register(Scripted {
+        name,
+        runs: runs.clone(),
+        behaviour,
+    });
+    r
+}
+
+async fn retries_then_fatal(b: Backend) {
+    let h = harness(b, 4).await;
+    let runs = Arc::new(AtomicUsize::new(0));
+    let id = h.task("flaky", 3).await;
+    let panicky = h.task("panicky", 2).await;
+    let mut reg = registry("flaky", &runs, |_| Behaviour::Fail);
+    reg.register(Scripted {
+        name: "panicky",
+        runs: Arc::new(AtomicUsize::new(0)),
+        behaviour: |_| Behaviour::Panic,
+    });
+    let (stop, engine) = h.start(reg, 2, Duration::from_secs(5));
+    let t = h.wait_state(id, &[TaskState::Fatal], 20).await;
+    assert_eq!(runs.load(Ordering::SeqCst), 3);
+    assert_eq!(t.attempts, 3);
+    assert_eq!(t.errors["task"][0], "boom 2");
+    let msgs: Vec<&str> = t.logs.iter().map(|l| l.msg.as_str()).collect();
+    assert_eq!(
+        msgs.iter().filter(|m| m.starts_with("attempt ")).count(),
+        2,
+        "{msgs:?}"
+    );
+    assert_eq!(msgs.last().copied(), Some("failed: boom 2"));
+    let p = h.wait_state(panicky, &[TaskState::Fatal], 20).await;
+    assert_eq!(p.attempts, 2);
+    assert!(
+        p.errors["task"][0]
+            .as_str()
+            .unwrap()
+            .contains("handler bug"),
+        "{:?}",
+        p.errors
+    );
+    stop.cancel();
+    engine.await.unwrap();
+}
+
+async fn cancel_reaches_a_running_handler(b: Backend) {
+    let h = harness(b, 4).await;
+    let runs = Arc::new(AtomicUsize::new(0));
+    let id = h.task("forever", 3).await;
+    let (stop, engine) = h.start(
+        registry("forever", &runs, |_| Behaviour::RunUntilStopped),
+        2,
+        Duration::from_secs(30),
+    );
+    h.wait_state(id, &[TaskState::InProgress], 10).await;
+    let asked = std::time::Instant::now();
+    h.store
+        .request_cancel(h.tenant, id, Timestamp::now())
+        .await
+        .unwrap();
+    let t = h.wait_state(id, &[TaskState::Cancelled], 5).await;
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "cancel took {:?}",
+        asked.elapsed()
+    );
+    assert_eq!(t.logs.last().unwrap().msg, "cancelled");
+    stop.cancel();
+    engine.await.unwrap();
+}
+
+async fn lost_lease_records_nothing(b: Backend) {
+    let h = harness(b, 4).await;
+    // The first run sleeps through its lease without heartbeats reaching the
+    // store in time… simulated by stealing the lease: reclaim it and claim it
+    // as another worker while the first still runs.
+    let runs = Arc::new(AtomicUsize::new(0));
+    let id = h.task("slow", 3).await;
+    let (stop, engine) = h.start(
+        registry("slow", &runs, |_| Behaviour::SleepIgnoringCancel(1500)),
+        1,
+        Duration::from_secs(30),
+    );
+    h.wait_state(id, &[TaskState::InProgress], 10).await;
+    // Expire the lease by reclaiming from the future, then claim as "thief".
+    let future = Timestamp::now() + jiff::SignedDuration::from_mins(5);
+    assert_eq!(h.store.reclaim_expired(future).await.unwrap(), vec![id]);
+    let stolen = h
+        .store
+        .claim("thief", 10, Duration::from_secs(600), future)
+        .await
+        .unwrap();
+    assert_eq!(stolen.len(), 1);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let t = h.store.get_task(h.tenant, id).await.unwrap().unwrap();
+    // The first worker's outcome was dropped: the thief still holds it.
+    assert_eq!(t.state, TaskState::InProgress);
+    assert!(
+        !t.logs.iter().any(|l| l.msg == "INPROGRESS -> DONE"),
+        "{:?}",
+        t.logs
+    );
+    stop.cancel();
+    engine.await.unwrap();
+}
+
+async fn shutdown_releases_running_tasks(b: Backend) {
+    let h = harness(b, 4).await;
+    let runs = Arc::new(AtomicUsize::new(0));
+    let id = h.task("forever", 3).await;
+    let (stop, engine) = h.start(
+        registry("forever", &runs, |_| Behaviour::RunUntilStopped),
+        2,
+        Duration::from_secs(30),
+    );
+    h.wait_state(id, &[TaskState::InProgress], 10).await;
+    stop.cancel();
+    engine.await.unwrap();
+    let t = h.store.get_task(h.tenant, id).await.unwrap().unwrap();
+    assert_eq!(t.state, TaskState::Ready);
+    assert_eq!(t.attempts, 0, "a released attempt is given back");
+    assert_eq!(t.logs.last().unwrap().msg, "released at shutdown");
+}
+
+async fn tenant_concurrency_is_a_ceiling(b: Backend) {
+    let h = harness(b, 1).await;
+    let runs = Arc::new(AtomicUsize::new(0));
+    let ids = [
+        h.task("slowish", 3).await,
+        h.task("slowish", 3).await,
+        h.task("slowish", 3).await,
+    ];
+    let (stop, engine) = h.start(
+        registry("slowish", &runs, |_| Behaviour::SleepIgnoringCancel(300)),
+        4,
+        Duration::from_secs(30),
+    );
+    let mut max_running = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut running = 0;
+        let mut done = 0;
+        for id in ids {
+            match h.store.get_task(h.tenant, id).await.unwrap().unwrap().state {
+                TaskState::InProgress => running += 1,
+                TaskState::Done => done += 1,
+                _ => {}
+            }
+        }
+        max_running = max_running.max(running);
+        if done == 3 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(max_running, 1, "the tenant's limit of 1 was exceeded");
+    stop.cancel();
+    engine.await.unwrap();
+}

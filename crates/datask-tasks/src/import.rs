@@ -1,0 +1,379 @@
+//! `import`: an uploaded CSV or JSON-lines file bulk-loaded into an index.
+//!
+//! A blocking thread parses and validates the file and hands batches over a
+//! bounded channel (memory stays flat); each batch is committed with its
+//! rejects and a checkpoint in one fenced transaction, so a reclaimed import
+//! resumes after its last committed batch and ends as if it ran once.
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use datask_core::index::{IndexDef, Value as Cell};
+use datask_core::store::{ImportBatch, ImportRow, RowReject};
+use datask_core::task::Counts;
+use datask_data::{FailedRowsWriter, ImportReader, InputFormat, OpenError, detect_format, report};
+use datask_engine::{FileStore, Handler, Invalid, Outcome, TaskContext, TaskError};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+use tokio_util::io::{StreamReader, SyncIoBridge};
+
+use crate::target;
+
+/// Rows per committed batch: large enough to amortise the transaction.
+const BATCH_ROWS: usize = 5_000;
+
+pub struct Import;
+
+/// Counts need no place here: rejects are stored with each batch, so the
+/// totals are recomputed from them at the end.
+#[derive(Debug, Default, Clone, Copy, Serialize, Deserialize)]
+struct Checkpoint {
+    /// Data rows consumed (and committed) so far.
+    rows: u64,
+    run_tag: i64,
+}
+
+/// What the parsing thread sends.
+enum Parsed {
+    Opened(InputFormat),
+    Columns(Vec<String>),
+    Unreadable(String),
+    Batch {
+        rows: Vec<ImportRow>,
+        rejects: Vec<RowReject>,
+        rows_read: u64,
+        columns: Vec<usize>,
+        bytes_read: u64,
+    },
+}
+
+#[async_trait]
+impl Handler for Import {
+    fn identifier(&self) -> &'static str {
+        "import"
+    }
+
+    fn validate(&self, t: &mut Map<String, Value>) -> Result<(), Invalid> {
+        target::only_fields(t, &["action", "import_index", "upload_id", "dry_run"])?;
+        target::index(t, "import_index")?;
+        let upload = target::required_string(t, "upload_id")?;
+        if upload.is_empty()
+            || upload.len() > 64
+            || !upload
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-')
+        {
+            return Err(Invalid::new(
+                "upload_id",
+                format!("'{upload}' is not an upload id from POST /uploads"),
+            ));
+        }
+        target::boolean(t, "dry_run")?;
+        Ok(())
+    }
+
+    async fn run(&self, ctx: &TaskContext) -> Result<Outcome, TaskError> {
+        let t = &ctx.task.target;
+        let index =
+            target::index(t, "import_index").map_err(|e| TaskError::Fatal(e.to_string()))?;
+        let dry_run = target::boolean(t, "dry_run").unwrap_or(false);
+        let upload_id =
+            target::required_string(t, "upload_id").map_err(|e| TaskError::Fatal(e.to_string()))?;
+        let upload = ctx
+            .store
+            .get_upload(ctx.task.tenant_id, upload_id)
+            .await?
+            .ok_or_else(|| TaskError::Fatal(format!("upload '{upload_id}' no longer exists")))?;
+
+        let mut cp: Checkpoint = match &ctx.task.checkpoint {
+            Some(v) => serde_json::from_value(v.clone())
+                .map_err(|e| TaskError::Fatal(format!("bad checkpoint: {e}")))?,
+            None => {
+                ctx.store.clear_rejects(ctx.task.id, ctx.fence).await?;
+                Checkpoint {
+                    run_tag: ctx.fence,
+                    ..Default::default()
+                }
+            }
+        };
+        if cp.rows > 0 {
+            ctx.log(format!("resuming after row {} of the file", cp.rows + 1))
+                .await?;
+        }
+
+        let bytes = ctx
+            .files
+            .read(&upload.object_key, None)
+            .await
+            .map_err(|e| TaskError::Retryable(e.to_string()))?;
+        let reader = StreamReader::new(bytes.map(|r| r.map_err(std::io::Error::other)));
+        let (tx, mut rx) = mpsc::channel::<Parsed>(2);
+        let filename = upload.filename.clone();
+        let skip = cp.rows;
+        let stop = ctx.stopped();
+        let parser = tokio::task::spawn_blocking(move || {
+            parse_file(SyncIoBridge::new(reader), filename, index, skip, tx, stop)
+        });
+
+        let mut header: Vec<usize> = Vec::new();
+        let mut format = InputFormat::Csv;
+        let mut outcome_errors = Map::new();
+        while let Some(msg) = rx.recv().await {
+            match msg {
+                Parsed::Opened(f) => format = f,
+                Parsed::Columns(problems) => {
+                    outcome_errors.insert("file[columns]".into(), json!(problems));
+                }
+                Parsed::Unreadable(problem) => {
+                    outcome_errors.insert("file".into(), json!([problem]));
+                }
+                Parsed::Batch {
+                    rows,
+                    rejects,
+                    rows_read,
+                    columns,
+                    bytes_read,
+                } => {
+                    ctx.checkpoint()?;
+                    header = columns.clone();
+                    let next = Checkpoint {
+                        rows: rows_read,
+                        run_tag: cp.run_tag,
+                    };
+                    ctx.store
+                        .import_batch(ImportBatch {
+                            tenant_id: ctx.task.tenant_id,
+                            task_id: ctx.task.id,
+                            fence: ctx.fence,
+                            index,
+                            columns,
+                            rows,
+                            rejects,
+                            run_tag: cp.run_tag,
+                            dry_run,
+                            checkpoint: serde_json::to_value(next).expect("a plain struct"),
+                            progress_done: rows_read as i64,
+                        })
+                        .await?;
+                    cp = next;
+                    // Estimate the total from the share of bytes read so far.
+                    let total = (bytes_read > 0).then(|| {
+                        (rows_read as f64 * upload.size as f64 / bytes_read as f64) as i64
+                    });
+                    ctx.progress(rows_read as i64, total).await?;
+                }
+            }
+        }
+        match parser.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(TaskError::Retryable(format!("reading the upload: {e}"))),
+            Err(e) => return Err(TaskError::Retryable(format!("the parser stopped: {e}"))),
+        }
+        ctx.checkpoint()?;
+        if !outcome_errors.is_empty() {
+            // The file could not be read as a whole: nothing was written.
+            return Ok(Outcome {
+                had_errors: true,
+                errors: outcome_errors,
+                counts: Some(Counts::default()),
+                ..Default::default()
+            });
+        }
+
+        let groups = ctx.store.reject_summary(ctx.task.id).await?;
+        let mut result = None;
+        if !groups.is_empty() {
+            let lines: Vec<String> = groups
+                .iter()
+                .map(|g| {
+                    report::format_group(
+                        &report::row_message(&g.code, g.column.as_deref()),
+                        g.count,
+                        &g.first_rows,
+                    )
+                })
+                .collect();
+            outcome_errors.insert("file[rows]".into(), json!(lines));
+            let names: Vec<String> = header
+                .iter()
+                .map(|&i| index.columns[i].name.to_string())
+                .collect();
+            result = Some(write_failed_rows(ctx, format, &names).await?);
+        }
+        let total = cp.rows as i64;
+        let rejected: i64 = groups.iter().map(|g| g.count).sum();
+        let applied = total - rejected;
+        ctx.progress(total, Some(total)).await?;
+        Ok(Outcome {
+            had_errors: !groups.is_empty(),
+            errors: outcome_errors,
+            output: Some(
+                json!({ "rows": total, "applied": applied, "rejected": rejected, "dry_run": dry_run, "index": index.name }),
+            ),
+            result,
+            counts: Some(Counts {
+                total,
+                errors: rejected,
+                skips: 0,
+                success: applied,
+            }),
+        })
+    }
+}
+
+/// Streams every rejected row, in input order, to `failed-rows-<task>.csv`.
+async fn write_failed_rows(
+    ctx: &TaskContext,
+    format: InputFormat,
+    header: &[String],
+) -> Result<String, TaskError> {
+    let name = format!("failed-rows-{}.csv", ctx.task.id);
+    let key = FileStore::result_key(ctx.task.tenant_id, ctx.task.id, ctx.fence, &name);
+    let mut file = ctx.files.writer(&key);
+    let mut out = FailedRowsWriter::new(format, header);
+    let mut after = 0i64;
+    let written = async {
+        loop {
+            let page = ctx.store.rejects(ctx.task.id, after, 10_000).await?;
+            let Some(last) = page.last() else { break };
+            after = last.row;
+            for r in &page {
+                out.write(r.row, &r.code, &r.message, &r.raw);
+            }
+            file.write_all(&out.take_chunk()).await.map_err(io_failed)?;
+        }
+        file.write_all(&out.finish()).await.map_err(io_failed)?;
+        file.shutdown().await.map_err(io_failed)?;
+        Ok::<(), TaskError>(())
+    }
+    .await;
+    if let Err(e) = written {
+        let _ = file.abort().await;
+        return Err(e);
+    }
+    Ok(key)
+}
+
+fn io_failed(e: std::io::Error) -> TaskError {
+    TaskError::Retryable(format!("writing the failed-rows file: {e}"))
+}
+
+/// Counts the bytes the parser has consumed, for progress estimates.
+struct Counting<R> {
+    inner: R,
+    read: Arc<AtomicU64>,
+}
+
+impl<R: std::io::Read> std::io::Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+/// The parsing thread: validates rows and sends them in batches.
+fn parse_file<R: std::io::Read>(
+    source: R,
+    filename: Option<String>,
+    index: &'static IndexDef,
+    skip: u64,
+    tx: mpsc::Sender<Parsed>,
+    stop: tokio_util::sync::CancellationToken,
+) -> std::io::Result<()> {
+    let read = Arc::new(AtomicU64::new(0));
+    let mut buffered = BufReader::with_capacity(
+        1 << 20,
+        Counting {
+            inner: source,
+            read: read.clone(),
+        },
+    );
+    let format = detect_format(buffered.fill_buf()?, filename.as_deref());
+    let mut reader = match ImportReader::open(buffered, format, index) {
+        Ok(r) => r,
+        Err(OpenError::Columns(problems)) => {
+            let _ = tx.blocking_send(Parsed::Columns(
+                problems.into_iter().map(|p| p.message).collect(),
+            ));
+            return Ok(());
+        }
+        Err(OpenError::File(e)) => {
+            let _ = tx.blocking_send(Parsed::Unreadable(e.to_string()));
+            return Ok(());
+        }
+    };
+    let _ = tx.blocking_send(Parsed::Opened(reader.format()));
+    let columns = reader.columns().to_vec();
+    let key_at = columns.iter().position(|&c| c == 0).unwrap_or(0);
+    let mut rows_read = reader.skip_rows(skip).map_err(std::io::Error::other)?;
+    loop {
+        if stop.is_cancelled() {
+            return Ok(());
+        }
+        let mut rows = Vec::with_capacity(BATCH_ROWS);
+        let mut rejects = Vec::new();
+        let mut keys: HashSet<String> = HashSet::with_capacity(BATCH_ROWS);
+        let mut ended = false;
+        while rows.len() + rejects.len() < BATCH_ROWS {
+            let Some(next) = reader.next_row() else {
+                ended = true;
+                break;
+            };
+            let parsed = next.map_err(std::io::Error::other)?;
+            rows_read += 1;
+            match parsed.outcome {
+                Ok(values) => {
+                    let key = match &values[key_at] {
+                        Cell::Text(k) => k.clone(),
+                        other => format!("{other:?}"),
+                    };
+                    if keys.insert(key) {
+                        rows.push(ImportRow {
+                            row: parsed.row,
+                            values,
+                            raw: parsed.raw,
+                        });
+                    } else {
+                        rejects.push(RowReject {
+                            row: parsed.row,
+                            code: "duplicate".into(),
+                            column: None,
+                            message: "duplicate key".into(),
+                            raw: parsed.raw,
+                        });
+                    }
+                }
+                Err(p) => rejects.push(RowReject {
+                    row: parsed.row,
+                    code: p.code.to_string(),
+                    column: p.column,
+                    message: p.message,
+                    raw: parsed.raw,
+                }),
+            }
+        }
+        if !rows.is_empty() || !rejects.is_empty() || ended {
+            let bytes_read = read.load(Ordering::Relaxed);
+            let batch = Parsed::Batch {
+                rows,
+                rejects,
+                rows_read,
+                columns: columns.clone(),
+                bytes_read,
+            };
+            if tx.blocking_send(batch).is_err() {
+                return Ok(()); // the task stopped listening
+            }
+        }
+        if ended {
+            return Ok(());
+        }
+    }
+}
