@@ -1,0 +1,820 @@
+//! The REST API end to end over HTTP, on SQLite and on PostgreSQL.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Backend, ROOT_KEY, start, synth_csv};
+use datask_core::index;
+use serde_json::{Value, json};
+
+on_both_stores!(
+    export_workflow_of_the_second_seed,
+    export_formats_hold_every_row,
+    import_reports_rejected_rows_and_failed_rows_file,
+    import_dry_run_writes_nothing,
+    bad_requests_name_what_is_wrong,
+    credentials_and_tenants,
+    update_with_stale_version_conflicts,
+    idempotency_key_returns_the_first_task,
+    list_filters_and_cursor,
+    cancel_and_execute_and_delete,
+    repeating_task_returns_to_ready,
+    signed_downloads_refuse_tampering_and_serve_ranges,
+    uploads_refuse_binary_and_empty_files,
+    events_stream_until_the_task_finishes,
+);
+
+/// Reads a CSV into rows of cells, numbers normalised so `3.50` equals `3.5`.
+fn csv_rows(bytes: &[u8]) -> Vec<Vec<String>> {
+    let mut r = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .from_reader(bytes);
+    r.records()
+        .map(|rec| {
+            rec.unwrap()
+                .iter()
+                .map(|cell| match cell.parse::<f64>() {
+                    Ok(f) if !cell.is_empty() => format!("{f}"),
+                    _ => cell.to_string(),
+                })
+                .collect()
+        })
+        .collect()
+}
+
+async fn export_workflow_of_the_second_seed(b: Backend) {
+    let s = start(b).await;
+    let t = s.tenant("shop").await;
+    let input = synth_csv(&index::TRANSACTIONS, 2_000, 1);
+    let imported = s.import(&t, "transactions", input.clone()).await;
+    assert_eq!(imported["state"]["code"], "DONE", "{imported}");
+
+    // Create an export a moment in the future, as the seed's workflow does.
+    let once = (jiff::Timestamp::now() + jiff::SignedDuration::from_secs(1)).to_string();
+    let task = s
+        .create(
+            &t.key,
+            json!({ "desc": "all transactions", "trigger": { "once": once },
+                    "target": { "action": "export", "export_index": "transactions", "export_format": "csv" } }),
+        )
+        .await;
+    assert_eq!(task["state"]["code"], "READY");
+    assert_eq!(task["chain"], t.id);
+    let id = task["id"].as_i64().unwrap();
+    let done = s.wait(&t.key, id, 30).await;
+    assert_eq!(done["state"]["code"], "DONE", "{done}");
+    assert_eq!(done["result"], format!("transactions-{id}.csv"));
+    let msgs: Vec<&str> = done["logs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["msg"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        msgs,
+        ["READY -> INPROGRESS", "INPROGRESS -> DONE", "success"]
+    );
+    let last = done["logs"].as_array().unwrap().last().unwrap();
+    assert_eq!(
+        (
+            last["total"].as_i64(),
+            last["success"].as_i64(),
+            last["errors"].as_i64()
+        ),
+        (Some(2000), Some(2000), Some(0))
+    );
+
+    let file = s.download(&t.key, id).await;
+    // The export holds exactly the imported rows (synth keys are in key order).
+    assert_eq!(csv_rows(&file), csv_rows(&input));
+    let header = std::str::from_utf8(&file)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        header,
+        "transaction_id,user_id,store_id,amount,currency,status,created_at"
+    );
+    s.stop().await;
+}
+
+async fn export_formats_hold_every_row(b: Backend) {
+    let s = start(b).await;
+    let t = s.tenant("shop").await;
+    assert_eq!(
+        s.import(&t, "products", synth_csv(&index::PRODUCTS, 300, 2))
+            .await["state"]["code"],
+        "DONE"
+    );
+    for format in ["json", "jsonl"] {
+        let task = s.create(&t.key, json!({ "identifier": "export", "target": { "export_index": "products", "export_format": format } })).await;
+        let id = task["id"].as_i64().unwrap();
+        assert_eq!(s.wait(&t.key, id, 30).await["state"]["code"], "DONE");
+        let bytes = s.download(&t.key, id).await;
+        let rows: Vec<Value> = if format == "json" {
+            serde_json::from_slice(&bytes).unwrap()
+        } else {
+            bytes
+                .split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty())
+                .map(|l| serde_json::from_slice(l).unwrap())
+                .collect()
+        };
+        assert_eq!(rows.len(), 300, "{format}");
+        assert_eq!(rows[0]["product_id"], "p00000000");
+        assert_eq!(rows[299]["product_id"], "p00000299");
+    }
+    // An empty index exports a file with a header only.
+    let task = s.create(&t.key, json!({ "target": { "action": "export", "export_index": "vouchers", "export_format": "csv" } })).await;
+    let id = task["id"].as_i64().unwrap();
+    assert_eq!(s.wait(&t.key, id, 30).await["state"]["code"], "DONE");
+    let bytes = s.download(&t.key, id).await;
+    assert_eq!(
+        std::str::from_utf8(&bytes).unwrap().trim_end(),
+        "voucher_id,user_id,code,value,currency,status,issued_at,expires_at,redeemed_at"
+    );
+    s.stop().await;
+}
+
+async fn import_reports_rejected_rows_and_failed_rows_file(b: Backend) {
+    let s = start(b).await;
+    let t = s.tenant("shop").await;
+    let csv = "product_id,name,price,active\n\
+               p1,Shoe,10.5,true\n\
+               ,Nameless,1,true\n\
+               p2,Hat,abc,false\n\
+               p1,Shoe again,11,true\n\
+               p3,Bag,20,yes\n";
+    let done = s.import(&t, "products", csv.as_bytes().to_vec()).await;
+    assert_eq!(done["state"]["code"], "ERROR", "{done}");
+    let rows = done["errors"]["file[rows]"].as_array().unwrap();
+    let rows: Vec<&str> = rows.iter().map(|r| r.as_str().unwrap()).collect();
+    assert_eq!(
+        rows,
+        [
+            "Rows must contain identifier (Row 3)",
+            "Rows have an invalid value in column 'price' (Row 4)",
+            "Rows are duplicates (Row 5)"
+        ]
+    );
+    let last = done["logs"].as_array().unwrap().last().unwrap();
+    assert_eq!(
+        (
+            last["total"].as_i64(),
+            last["success"].as_i64(),
+            last["errors"].as_i64()
+        ),
+        (Some(5), Some(2), Some(3))
+    );
+    assert_eq!(done["result"], format!("failed-rows-{}.csv", done["id"]));
+    let failed = String::from_utf8(s.download(&t.key, done["id"].as_i64().unwrap()).await).unwrap();
+    let lines: Vec<&str> = failed.lines().collect();
+    assert_eq!(
+        lines[0],
+        "_row,_error_code,_error,product_id,name,price,active"
+    );
+    assert_eq!(lines.len(), 4, "{failed}");
+    assert!(lines[1].starts_with("3,missing_identifier,"), "{failed}");
+    assert!(
+        lines[2].starts_with("4,invalid_value,") && lines[2].ends_with("p2,Hat,abc,false"),
+        "{failed}"
+    );
+    assert!(
+        lines[3].starts_with("5,duplicate,") && lines[3].ends_with("p1,Shoe again,11,true"),
+        "{failed}"
+    );
+
+    // The good rows were applied; the first of two rows sharing a key won.
+    let export = s.create(&t.key, json!({ "target": { "action": "export", "export_index": "products", "export_format": "json" } })).await;
+    let id = export["id"].as_i64().unwrap();
+    s.wait(&t.key, id, 30).await;
+    let rows: Vec<Value> = serde_json::from_slice(&s.download(&t.key, id).await).unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(
+        (
+            rows[0]["product_id"].as_str(),
+            rows[0]["name"].as_str(),
+            rows[0]["price"].as_f64()
+        ),
+        (Some("p1"), Some("Shoe"), Some(10.5))
+    );
+    assert_eq!(
+        (rows[1]["product_id"].as_str(), rows[1]["active"].as_bool()),
+        (Some("p3"), Some(true))
+    );
+
+    // Unknown columns are reported before any row is written.
+    let bad = s
+        .import(
+            &t,
+            "products",
+            b"product_id,first.name,LTV\np9,x,1\n".to_vec(),
+        )
+        .await;
+    assert_eq!(bad["state"]["code"], "ERROR");
+    let cols: Vec<&str> = bad["errors"]["file[columns]"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    assert_eq!(cols.len(), 2, "{cols:?}");
+    assert!(
+        cols[0].contains("'first.name'") && cols[1].contains("'LTV'"),
+        "{cols:?}"
+    );
+    s.stop().await;
+}
+
+async fn import_dry_run_writes_nothing(b: Backend) {
+    let s = start(b).await;
+    let t = s.tenant("shop").await;
+    let upload = s
+        .upload(&t.key, "u.csv", synth_csv(&index::USERS, 50, 3))
+        .await;
+    let task = s.create(&t.key, json!({ "target": { "action": "import", "import_index": "users", "upload_id": upload, "dry_run": true } })).await;
+    let done = s.wait(&t.key, task["id"].as_i64().unwrap(), 30).await;
+    assert_eq!(done["state"]["code"], "DONE", "{done}");
+    assert_eq!(done["output"]["rows"], 50);
+    assert_eq!(done["output"]["dry_run"], true);
+    assert_eq!(s.store.count_rows(t.id, &index::USERS).await.unwrap(), 0);
+    s.stop().await;
+}
+
+async fn bad_requests_name_what_is_wrong(b: Backend) {
+    let s = start(b).await;
+    let t = s.tenant("shop").await;
+    let export = |extra: Value| {
+        let mut task = json!({ "target": { "action": "export", "export_index": "users", "export_format": "csv" } });
+        for (k, v) in extra.as_object().unwrap() {
+            if k == "target" {
+                for (tk, tv) in v.as_object().unwrap() {
+                    task["target"][tk] = tv.clone();
+                }
+            } else {
+                task[k] = v.clone();
+            }
+        }
+        task
+    };
+    let cases: Vec<(Value, u16, &str, &str)> = vec![
+        (
+            export(json!({ "target": { "export_index": "customers" } })),
+            400,
+            "target.export_index",
+            "'customers'",
+        ),
+        (
+            export(json!({ "target": { "export_format": "xml" } })),
+            400,
+            "target.export_format",
+            "'xml'",
+        ),
+        (
+            export(json!({ "target": { "colour": "red" } })),
+            400,
+            "target.colour",
+            "unknown field",
+        ),
+        (
+            export(json!({ "trigger": { "once": "tomorrow" } })),
+            400,
+            "trigger.once",
+            "'tomorrow'",
+        ),
+        (
+            export(json!({ "trigger": { "timezone": "Mars/Base" } })),
+            400,
+            "trigger.timezone",
+            "Mars/Base",
+        ),
+        (
+            export(json!({ "trigger": { "repeat": "hourly" } })),
+            400,
+            "trigger.repeat",
+            "'hourly'",
+        ),
+        (
+            export(json!({ "trigger": { "often": true } })),
+            400,
+            "trigger",
+            "often",
+        ),
+        (
+            export(json!({ "trigger": { "segment": { "all": [] } } })),
+            400,
+            "trigger.segment",
+            "not available yet",
+        ),
+        (export(json!({ "surprise": 1 })), 400, ".", "surprise"),
+        (export(json!({ "desc": 5 })), 400, "desc", "string"),
+        (
+            export(json!({ "max_attempts": 0 })),
+            400,
+            "max_attempts",
+            "between",
+        ),
+        (
+            json!({ "identifier": "teleport", "target": {} }),
+            400,
+            "identifier",
+            "unknown identifier 'teleport'",
+        ),
+        (
+            json!({ "identifier": "kochava_sync_installs" }),
+            400,
+            "identifier",
+            "not available yet",
+        ),
+        (
+            json!({ "identifier": "import", "target": { "action": "export" } }),
+            400,
+            "identifier",
+            "does not match",
+        ),
+        (
+            json!({ "target": { "action": "import", "import_index": "users" } }),
+            400,
+            "target.upload_id",
+            "required",
+        ),
+        (
+            json!({ "target": { "action": "import", "import_index": "users", "upload_id": "nope" } }),
+            400,
+            "target.upload_id",
+            "'nope'",
+        ),
+    ];
+    for (body, status, field, needle) in cases {
+        let (got, resp) = s.call("POST", "/tasks", &t.key, Some(body.clone())).await;
+        assert_eq!(got, status, "{body} -> {resp}");
+        let msg = resp["error"]["message"].as_str().unwrap_or_default();
+        let f = resp["error"]["field"].as_str().unwrap_or(".");
+        assert!(
+            f.starts_with(field) || msg.contains(field),
+            "{body}: field {f} / {msg}"
+        );
+        assert!(msg.contains(needle), "{body}: '{msg}' lacks '{needle}'");
+    }
+    // Malformed JSON, wrong content type, oversized body, bad path id, bad query.
+    let raw = |body: &'static str, ct: &'static str| {
+        s.http
+            .post(format!("{}/tasks", s.url))
+            .bearer_auth(&t.key)
+            .header("content-type", ct)
+            .body(body)
+            .send()
+    };
+    let r = raw("{\"target\": ", "application/json").await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("not valid JSON"));
+    let r = raw("{}", "text/plain").await.unwrap();
+    assert_eq!(r.status(), 415);
+    let big = "x".repeat(100 * 1024);
+    let (status, _) = s
+        .call("POST", "/tasks", &t.key, Some(json!({ "desc": big })))
+        .await;
+    assert_eq!(status, 413);
+    let (status, body) = s.call("GET", "/tasks/abc", &t.key, None).await;
+    assert_eq!((status, body["error"]["field"].as_str()), (400, Some("id")));
+    let (status, body) = s.call("GET", "/tasks?state=SLEEPING", &t.key, None).await;
+    assert_eq!(
+        (status, body["error"]["field"].as_str()),
+        (400, Some("state"))
+    );
+    let (status, body) = s.call("GET", "/tasks?order=id", &t.key, None).await;
+    assert_eq!(
+        (status, body["error"]["field"].as_str()),
+        (400, Some("order"))
+    );
+    let (status, body) = s.call("GET", "/tasks?limit=100000", &t.key, None).await;
+    assert_eq!(
+        (status, body["error"]["field"].as_str()),
+        (400, Some("limit"))
+    );
+    s.stop().await;
+}
+
+async fn credentials_and_tenants(b: Backend) {
+    let s = start(b).await;
+    let a = s.tenant("a").await;
+    let other = s.tenant("b").await;
+    let task = s.create(&a.key, json!({ "target": { "action": "export", "export_index": "users", "export_format": "csv" } })).await;
+    let id = task["id"].as_i64().unwrap();
+    // No credential, a wrong one: 401 with no detail.
+    for token in ["", "dtk_priv_wrong"] {
+        let (status, body) = s.call("GET", &format!("/tasks/{id}"), token, None).await;
+        assert_eq!(status, 401, "{body}");
+        assert_eq!(body["error"]["message"], "missing or invalid credentials");
+    }
+    // Another tenant's task is 404 for every route, never 403.
+    for (method, path) in [
+        ("GET", format!("/tasks/{id}")),
+        ("PUT", format!("/tasks/{id}")),
+        ("DELETE", format!("/tasks/{id}")),
+        ("POST", format!("/tasks/{id}/execute")),
+        ("POST", format!("/tasks/{id}/cancel")),
+        ("GET", format!("/tasks/{id}/download_url")),
+    ] {
+        let body = (method == "PUT").then(|| json!({ "desc": "mine now" }));
+        let (status, resp) = s.call(method, &path, &other.key, body).await;
+        assert_eq!(status, 404, "{method} {path}: {resp}");
+    }
+    let (_, list) = s.call("GET", "/tasks", &other.key, None).await;
+    assert_eq!(list["tasks"].as_array().unwrap().len(), 0);
+    // The app token reads but does not write.
+    let (status, _) = s
+        .call("GET", &format!("/tasks/{id}"), &a.apptoken, None)
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = s
+        .call("POST", &format!("/tasks/{id}/cancel"), &a.apptoken, None)
+        .await;
+    assert_eq!(status, 403);
+    // Admin routes need the root key.
+    let (status, _) = s
+        .call(
+            "POST",
+            "/admin/tenants",
+            &a.key,
+            Some(json!({ "name": "x" })),
+        )
+        .await;
+    assert_eq!(status, 401);
+    let (status, body) = s
+        .call(
+            "POST",
+            "/admin/tenants",
+            ROOT_KEY,
+            Some(json!({ "name": "x", "timezone": "Nowhere/Land" })),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["field"].as_str()),
+        (400, Some("timezone"))
+    );
+    s.stop().await;
+}
+
+async fn update_with_stale_version_conflicts(b: Backend) {
+    let s = start(b).await;
+    let t = s.tenant("shop").await;
+    let later = (jiff::Timestamp::now() + jiff::SignedDuration::from_hours(1)).to_string();
+    let task = s
+        .create(&t.key, json!({ "desc": "v1", "trigger": { "once": later }, "target": { "action": "export", "export_index": "users", "export_format": "csv" } }))
+        .await;
+    let id = task["id"].as_i64().unwrap();
+    let v = task["version"].as_i64().unwrap();
+    let put = |desc: &str, version: i64| json!({ "desc": desc, "version": version, "trigger": { "once": later }, "target": { "action": "export", "export_index": "users", "export_format": "json" } });
+    let (status, updated) = s
+        .call("PUT", &format!("/tasks/{id}"), &t.key, Some(put("v2", v)))
+        .await;
+    assert_eq!(status, 200, "{updated}");
+    assert_eq!(updated["desc"], "v2");
+    assert_eq!(updated["target"]["export_format"], "json");
+    assert_eq!(updated["version"], v + 1);
+    let (status, body) = s
+        .call("PUT", &format!("/tasks/{id}"), &t.key, Some(put("v3", v)))
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("version is now {}", v + 1))
+    );
+    let (status, body) = s
+        .call(
+            "PUT",
+            &format!("/tasks/{id}"),
+            &t.key,
+            Some(json!({ "identifier": "import", "target": { "action": "import" } })),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["field"].as_str()),
+        (400, Some("identifier")),
+        "{body}"
+    );
+    s.stop().await;
+}
+
+async fn idempotency_key_returns_the_first_task(b: Backend) {
+    let s = start(b).await;
+    let t = s.tenant("shop").await;
+    let body = json!({ "target": { "action": "export", "export_index": "users", "export_format": "csv" } });
+    let send = || {
+        s.http
+            .post(format!("{}/tasks", s.url))
+            .bearer_auth(&t.key)
+            .header("Idempotency-Key", "abc-1")
+            .json(&body)
+            .send()
+    };
+    let first = send().await.unwrap();
+    assert_eq!(first.status(), 201);
+    let first: Value = first.json().await.unwrap();
+    let again = send().await.unwrap();
+    assert_eq!(again.status(), 200);
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(first["id"], again["id"]);
+    let (_, list) = s.call("GET", "/tasks", &t.key, None).await;
+    assert_eq!(list["tasks"].as_array().unwrap().len(), 1);
+    s.stop().await;
+}
+
+async fn list_filters_and_cursor(b: Backend) {
+    let s = start(b).await;
+    let t = s.tenant("shop").await;
+    let later = (jiff::Timestamp::now() + jiff::SignedDuration::from_hours(1)).to_string();
+    let mut ids = Vec::new();
+    for i in 0..7 {
+        let index = if i % 2 == 0 { "users" } else { "products" };
+        let task = s.create(&t.key, json!({ "trigger": { "once": later }, "target": { "action": "export", "export_index": index, "export_format": "csv" } })).await;
+        ids.push(task["id"].as_i64().unwrap());
+    }
+    let (_, c) = s
+        .call("POST", &format!("/tasks/{}/cancel", ids[0]), &t.key, None)
+        .await;
+    assert_eq!(c["state"]["code"], "CANCELLED");
+    // Pages of 3, newest first, no gap and no overlap.
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/tasks?limit=3&cursor={c}"),
+            None => "/tasks?limit=3".to_string(),
+        };
+        let (status, page) = s.call("GET", &path, &t.key, None).await;
+        assert_eq!(status, 200, "{page}");
+        seen.extend(
+            page["tasks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["id"].as_i64().unwrap()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    let mut expected = ids.clone();
+    expected.reverse();
+    assert_eq!(seen, expected);
+    let (_, cancelled) = s.call("GET", "/tasks?state=CANCELLED", &t.key, None).await;
+    assert_eq!(cancelled["tasks"].as_array().unwrap().len(), 1);
+    let (_, ready) = s
+        .call("GET", "/tasks?state=READY&identifier=export", &t.key, None)
+        .await;
+    assert_eq!(ready["tasks"].as_array().unwrap().len(), 6);
+    let (_, none) = s
+        .call("GET", "/tasks?identifier=import", &t.key, None)
+        .await;
+    assert_eq!(none["tasks"].as_array().unwrap().len(), 0);
+    let future = (jiff::Timestamp::now() + jiff::SignedDuration::from_hours(2)).to_string();
+    let (_, after) = s
+        .call(
+            "GET",
+            &format!("/tasks?created_after={future}"),
+            &t.key,
+            None,
+        )
+        .await;
+    assert_eq!(after["tasks"].as_array().unwrap().len(), 0);
+    let (_, before) = s
+        .call(
+            "GET",
+            &format!("/tasks?created_before={future}"),
+            &t.key,
+            None,
+        )
+        .await;
+    assert_eq!(before["tasks"].as_array().unwrap().len(), 7);
+    s.stop().await;
+}
+
+async fn cancel_and_execute_and_delete(b: Backend) {
+    let s = start(b).await;
+    let t = s.tenant("shop").await;
+    let later = (jiff::Timestamp::now() + jiff::SignedDuration::from_hours(1)).to_string();
+    let task = s.create(&t.key, json!({ "trigger": { "once": later }, "target": { "action": "export", "export_index": "users", "export_format": "csv" } })).await;
+    let id = task["id"].as_i64().unwrap();
+    // Not due: it waits. Execute runs it now regardless of `once`.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let (_, still) = s.call("GET", &format!("/tasks/{id}"), &t.key, None).await;
+    assert_eq!(still["state"]["code"], "READY");
+    let (status, _) = s
+        .call("POST", &format!("/tasks/{id}/execute"), &t.key, None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(s.wait(&t.key, id, 30).await["state"]["code"], "DONE");
+    // Finished: cancel is a conflict; execute again re-runs it.
+    let (status, _) = s
+        .call("POST", &format!("/tasks/{id}/cancel"), &t.key, None)
+        .await;
+    assert_eq!(status, 409);
+    let (status, again) = s
+        .call("POST", &format!("/tasks/{id}/execute"), &t.key, None)
+        .await;
+    assert_eq!(status, 200, "{again}");
+    let done = s.wait(&t.key, id, 30).await;
+    assert_eq!(done["state"]["code"], "DONE");
+    assert_eq!(done["attempts"], 2);
+    let (status, _) = s
+        .call("DELETE", &format!("/tasks/{id}"), &t.key, None)
+        .await;
+    assert_eq!(status, 204);
+    let (status, _) = s.call("GET", &format!("/tasks/{id}"), &t.key, None).await;
+    assert_eq!(status, 404);
+    s.stop().await;
+}
+
+async fn repeating_task_returns_to_ready(b: Backend) {
+    let s = start(b).await;
+    let t = s.tenant("shop").await;
+    let once = jiff::Timestamp::now();
+    let task = s
+        .create(&t.key, json!({ "trigger": { "once": once.to_string(), "repeat": "daily", "timezone": "Europe/Amsterdam" },
+                                "target": { "action": "export", "export_index": "users", "export_format": "csv" } }))
+        .await;
+    let id = task["id"].as_i64().unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let body = loop {
+        let (_, body) = s.call("GET", &format!("/tasks/{id}"), &t.key, None).await;
+        let ran = body["logs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["msg"] == "DONE -> READY");
+        if ran {
+            break body;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(body["state"]["code"], "READY");
+    let next: jiff::Timestamp = body["trigger"]["once"].as_str().unwrap().parse().unwrap();
+    assert_eq!(
+        next,
+        once + jiff::SignedDuration::from_hours(24),
+        "no DST change within a day of the test"
+    );
+    assert_eq!(body["result"], format!("users-{id}.csv"));
+    s.stop().await;
+}
+
+async fn signed_downloads_refuse_tampering_and_serve_ranges(b: Backend) {
+    let s = common::start_with(
+        b,
+        common::Options {
+            download_ttl: Duration::from_secs(1),
+            ..Default::default()
+        },
+    )
+    .await;
+    let t = s.tenant("shop").await;
+    let other = s.tenant("other").await;
+    s.import(&t, "products", synth_csv(&index::PRODUCTS, 100, 5))
+        .await;
+    let task = s.create(&t.key, json!({ "target": { "action": "export", "export_index": "products", "export_format": "csv" } })).await;
+    let id = task["id"].as_i64().unwrap();
+    s.wait(&t.key, id, 30).await;
+    let (_, link) = s
+        .call("GET", &format!("/tasks/{id}/download_url"), &t.key, None)
+        .await;
+    let url = link["url"].as_str().unwrap().to_string();
+    let expires_at: jiff::Timestamp = link["expires_at"].as_str().unwrap().parse().unwrap();
+    assert!(expires_at > jiff::Timestamp::now());
+    let full = s.http.get(&url).send().await.unwrap();
+    assert_eq!(full.status(), 200);
+    let len: usize = full.headers()["content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let full = full.bytes().await.unwrap();
+    assert_eq!(full.len(), len);
+    let part = s
+        .http
+        .get(&url)
+        .header("Range", "bytes=10-19")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(part.status(), 206);
+    assert_eq!(
+        part.headers()["content-range"],
+        format!("bytes 10-19/{len}").as_str()
+    );
+    assert_eq!(part.bytes().await.unwrap(), full.slice(10..20));
+    let bad = s
+        .http
+        .get(&url)
+        .header("Range", format!("bytes={len}-"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 416);
+    // Tampering with any part of the link: 403.
+    let tampered = [
+        url.replace("signature=", "signature=0"),
+        url.replace(
+            &format!("/downloads/{}/", t.id),
+            &format!("/downloads/{}/", other.id),
+        ),
+        url.replace("expires=", "expires=9"),
+        url.split('?').next().unwrap().to_string(),
+    ];
+    for u in tampered {
+        assert_eq!(s.http.get(&u).send().await.unwrap().status(), 403, "{u}");
+    }
+    // After its lifetime the link is refused.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(s.http.get(&url).send().await.unwrap().status(), 403);
+    // A task without a result has no link.
+    let later = (jiff::Timestamp::now() + jiff::SignedDuration::from_hours(1)).to_string();
+    let pending = s.create(&t.key, json!({ "trigger": { "once": later }, "target": { "action": "export", "export_index": "users", "export_format": "csv" } })).await;
+    let (status, _) = s
+        .call(
+            "GET",
+            &format!("/tasks/{}/download_url", pending["id"]),
+            &t.key,
+            None,
+        )
+        .await;
+    assert_eq!(status, 409);
+    s.stop().await;
+}
+
+async fn uploads_refuse_binary_and_empty_files(b: Backend) {
+    let s = start(b).await;
+    let t = s.tenant("shop").await;
+    let post = |body: Vec<u8>, ct: &'static str| {
+        s.http
+            .post(format!("{}/uploads", s.url))
+            .bearer_auth(&t.key)
+            .header("content-type", ct)
+            .body(body)
+            .send()
+    };
+    let r = post(
+        vec![0x89, b'P', b'N', b'G', 0, 0, 1],
+        "application/octet-stream",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 415);
+    assert!(r.text().await.unwrap().contains("binary"));
+    let r = post(vec![], "text/csv").await.unwrap();
+    assert_eq!(r.status(), 400);
+    let r = post(b"a,b\n".to_vec(), "image/png").await.unwrap();
+    assert_eq!(r.status(), 415);
+    let r = post(b"user_id\nu1\n".to_vec(), "text/csv").await.unwrap();
+    assert_eq!(r.status(), 201);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["size"], 11);
+    assert_eq!(body["sha256"], datask_api::sha256_hex(b"user_id\nu1\n"));
+    s.stop().await;
+}
+
+async fn events_stream_until_the_task_finishes(b: Backend) {
+    let s = start(b).await;
+    let t = s.tenant("shop").await;
+    s.import(&t, "users", synth_csv(&index::USERS, 2_000, 9))
+        .await;
+    let task = s.create(&t.key, json!({ "target": { "action": "export", "export_index": "users", "export_format": "csv" } })).await;
+    let id = task["id"].as_i64().unwrap();
+    let resp = s
+        .http
+        .get(format!("{}/tasks/{id}/events", s.url))
+        .bearer_auth(&t.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    // The stream ends by itself after the finished state.
+    let text = tokio::time::timeout(Duration::from_secs(30), resp.text())
+        .await
+        .expect("the stream did not end")
+        .unwrap();
+    let states: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|d| {
+            serde_json::from_str::<Value>(d).unwrap()["state"]["code"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert!(!states.is_empty(), "{text}");
+    assert_eq!(states.last().unwrap(), "DONE", "{text}");
+    let (status, _) = s.call("GET", "/tasks/999999/events", &t.key, None).await;
+    assert_eq!(status, 404);
+    s.stop().await;
+}
