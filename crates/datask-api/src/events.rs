@@ -6,10 +6,10 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
+use axum::Router;
 use axum::extract::{Path, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::routing::get;
-use axum::Router;
 use futures::Stream;
 use jiff::Timestamp;
 
@@ -30,40 +30,63 @@ async fn events(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let id: i64 = id.parse().ok().filter(|i| *i > 0).ok_or_else(|| ApiError::invalid("id", format!("'{id}' is not a task id")))?;
-    let first = state.store.get_task(caller.tenant_id, id).await?.ok_or_else(|| not_found(id))?;
+    let id: i64 = id
+        .parse()
+        .ok()
+        .filter(|i| *i > 0)
+        .ok_or_else(|| ApiError::invalid("id", format!("'{id}' is not a task id")))?;
+    let first = state
+        .store
+        .get_task(caller.tenant_id, id)
+        .await?
+        .ok_or_else(|| not_found(id))?;
     let tenant = caller.tenant_id;
-    let stream = futures::stream::unfold((Some(first), -1i64, false), move |(pending, last_version, ended)| {
-        let store = state.store.clone();
-        async move {
-            if ended {
-                return None;
-            }
-            let mut current = pending;
-            loop {
-                let task = match current.take() {
-                    Some(t) => t,
-                    None => {
-                        tokio::time::sleep(POLL).await;
-                        match store.get_task(tenant, id).await {
-                            Ok(Some(t)) => t,
-                            // Deleted, or the store failed: end the stream with a last word.
-                            Ok(None) => return Some((Ok(Event::default().event("deleted").data(id.to_string())), (None, last_version, true))),
-                            Err(e) => {
-                                tracing::warn!(error = %e, "events: reading the task failed");
-                                continue;
+    let stream = futures::stream::unfold(
+        (Some(first), -1i64, false),
+        move |(pending, last_version, ended)| {
+            let store = state.store.clone();
+            async move {
+                if ended {
+                    return None;
+                }
+                let mut current = pending;
+                loop {
+                    let task = match current.take() {
+                        Some(t) => t,
+                        None => {
+                            tokio::time::sleep(POLL).await;
+                            match store.get_task(tenant, id).await {
+                                Ok(Some(t)) => t,
+                                // Deleted, or the store failed: end the stream with a last word.
+                                Ok(None) => {
+                                    return Some((
+                                        Ok(Event::default().event("deleted").data(id.to_string())),
+                                        (None, last_version, true),
+                                    ));
+                                }
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "events: reading the task failed");
+                                    continue;
+                                }
                             }
                         }
+                    };
+                    if task.version != last_version {
+                        let done = task.state.is_terminal();
+                        let event = Event::default()
+                            .event("task")
+                            .id(task.version.to_string())
+                            .json_data(task_json(&task, Timestamp::now()));
+                        let event = event.unwrap_or_else(|_| {
+                            Event::default()
+                                .event("error")
+                                .data("could not encode the task")
+                        });
+                        return Some((Ok(event), (None, task.version, done)));
                     }
-                };
-                if task.version != last_version {
-                    let done = task.state.is_terminal();
-                    let event = Event::default().event("task").id(task.version.to_string()).json_data(task_json(&task, Timestamp::now()));
-                    let event = event.unwrap_or_else(|_| Event::default().event("error").data("could not encode the task"));
-                    return Some((Ok(event), (None, task.version, done)));
                 }
             }
-        }
-    });
+        },
+    );
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }

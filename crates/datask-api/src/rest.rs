@@ -187,11 +187,17 @@ async fn resolve(
         .map_err(|e| ApiError::invalid(format!("target.{}", e.field), e.message))?;
     // An input file must exist in the caller's tenant when the task is accepted.
     if let Some(Value::String(upload_id)) = target.get("upload_id")
-        && state.store.get_upload(tenant_id, upload_id).await?.is_none()
+        && state
+            .store
+            .get_upload(tenant_id, upload_id)
+            .await?
+            .is_none()
     {
         return Err(ApiError::invalid(
             "target.upload_id",
-            format!("no upload '{upload_id}' in this tenant; upload the file with POST /uploads first"),
+            format!(
+                "no upload '{upload_id}' in this tenant; upload the file with POST /uploads first"
+            ),
         ));
     }
 

@@ -27,11 +27,19 @@ pub struct Column {
 }
 
 const fn col(name: &'static str, ty: ColumnType) -> Column {
-    Column { name, ty, required: false }
+    Column {
+        name,
+        ty,
+        required: false,
+    }
 }
 
 const fn key(name: &'static str) -> Column {
-    Column { name, ty: ColumnType::Text, required: true }
+    Column {
+        name,
+        ty: ColumnType::Text,
+        required: true,
+    }
 }
 
 /// One index: its public name, its table, its columns; the first column is
@@ -49,7 +57,10 @@ impl IndexDef {
     }
 
     pub fn column(&self, name: &str) -> Option<(usize, &Column)> {
-        self.columns.iter().enumerate().find(|(_, c)| c.name == name)
+        self.columns
+            .iter()
+            .enumerate()
+            .find(|(_, c)| c.name == name)
     }
 }
 

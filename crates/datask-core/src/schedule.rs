@@ -69,28 +69,112 @@ mod tests {
     /// (zone, anchor, repeat, after, expected next) in civil time of the zone.
     const CASES: &[(&str, &str, Repeat, &str, &str)] = &[
         // Plain daily.
-        ("UTC", "2026-01-01T09:00", Repeat::Daily, "2026-01-01T09:00", "2026-01-02T09:00:00"),
+        (
+            "UTC",
+            "2026-01-01T09:00",
+            Repeat::Daily,
+            "2026-01-01T09:00",
+            "2026-01-02T09:00:00",
+        ),
         // Spring forward in Amsterdam (2026-03-29 02:00 → 03:00): 09:00 stays 09:00.
-        ("Europe/Amsterdam", "2026-03-28T09:00", Repeat::Daily, "2026-03-28T09:00", "2026-03-29T09:00:00"),
+        (
+            "Europe/Amsterdam",
+            "2026-03-28T09:00",
+            Repeat::Daily,
+            "2026-03-28T09:00",
+            "2026-03-29T09:00:00",
+        ),
         // A time inside the gap moves forward by the gap.
-        ("Europe/Amsterdam", "2026-03-28T02:30", Repeat::Daily, "2026-03-28T02:30", "2026-03-29T03:30:00"),
+        (
+            "Europe/Amsterdam",
+            "2026-03-28T02:30",
+            Repeat::Daily,
+            "2026-03-28T02:30",
+            "2026-03-29T03:30:00",
+        ),
         // Fall back (2026-10-25 03:00 → 02:00): the ambiguous 02:30 takes the first.
-        ("Europe/Amsterdam", "2026-10-24T02:30", Repeat::Daily, "2026-10-24T02:30", "2026-10-25T02:30:00"),
+        (
+            "Europe/Amsterdam",
+            "2026-10-24T02:30",
+            Repeat::Daily,
+            "2026-10-24T02:30",
+            "2026-10-25T02:30:00",
+        ),
         // New York's DST change on 2026-03-08.
-        ("America/New_York", "2026-03-07T08:00", Repeat::Daily, "2026-03-07T08:00", "2026-03-08T08:00:00"),
+        (
+            "America/New_York",
+            "2026-03-07T08:00",
+            Repeat::Daily,
+            "2026-03-07T08:00",
+            "2026-03-08T08:00:00",
+        ),
         // Weekly keeps the weekday and wall time across DST.
-        ("America/New_York", "2026-03-02T08:00", Repeat::Weekly, "2026-03-02T08:00", "2026-03-09T08:00:00"),
+        (
+            "America/New_York",
+            "2026-03-02T08:00",
+            Repeat::Weekly,
+            "2026-03-02T08:00",
+            "2026-03-09T08:00:00",
+        ),
         // Monthly from Jan 31 clamps to Feb 28 and returns to Mar 31.
-        ("UTC", "2026-01-31T10:00", Repeat::Monthly, "2026-01-31T10:00", "2026-02-28T10:00:00"),
-        ("UTC", "2026-01-31T10:00", Repeat::Monthly, "2026-02-28T10:00", "2026-03-31T10:00:00"),
-        ("UTC", "2026-01-31T10:00", Repeat::Monthly, "2026-03-31T10:00", "2026-04-30T10:00:00"),
+        (
+            "UTC",
+            "2026-01-31T10:00",
+            Repeat::Monthly,
+            "2026-01-31T10:00",
+            "2026-02-28T10:00:00",
+        ),
+        (
+            "UTC",
+            "2026-01-31T10:00",
+            Repeat::Monthly,
+            "2026-02-28T10:00",
+            "2026-03-31T10:00:00",
+        ),
+        (
+            "UTC",
+            "2026-01-31T10:00",
+            Repeat::Monthly,
+            "2026-03-31T10:00",
+            "2026-04-30T10:00:00",
+        ),
         // Feb 29 anchors and Feb 29 as a clamp target in a leap year.
-        ("UTC", "2028-02-29T00:00", Repeat::Monthly, "2028-02-29T00:00", "2028-03-29T00:00:00"),
-        ("UTC", "2028-01-29T00:00", Repeat::Monthly, "2028-01-29T00:00", "2028-02-29T00:00:00"),
-        ("UTC", "2027-01-29T00:00", Repeat::Monthly, "2027-01-29T00:00", "2027-02-28T00:00:00"),
+        (
+            "UTC",
+            "2028-02-29T00:00",
+            Repeat::Monthly,
+            "2028-02-29T00:00",
+            "2028-03-29T00:00:00",
+        ),
+        (
+            "UTC",
+            "2028-01-29T00:00",
+            Repeat::Monthly,
+            "2028-01-29T00:00",
+            "2028-02-29T00:00:00",
+        ),
+        (
+            "UTC",
+            "2027-01-29T00:00",
+            Repeat::Monthly,
+            "2027-01-29T00:00",
+            "2027-02-28T00:00:00",
+        ),
         // Missed runs: down for ten days, the next run is the next one after now.
-        ("UTC", "2026-05-01T06:00", Repeat::Daily, "2026-05-11T07:00", "2026-05-12T06:00:00"),
-        ("Asia/Tokyo", "2026-05-01T06:00", Repeat::Monthly, "2027-05-01T06:00", "2027-06-01T06:00:00"),
+        (
+            "UTC",
+            "2026-05-01T06:00",
+            Repeat::Daily,
+            "2026-05-11T07:00",
+            "2026-05-12T06:00:00",
+        ),
+        (
+            "Asia/Tokyo",
+            "2026-05-01T06:00",
+            Repeat::Monthly,
+            "2027-05-01T06:00",
+            "2027-06-01T06:00:00",
+        ),
     ];
 
     #[test]
@@ -98,7 +182,11 @@ mod tests {
         for &(tz, anchor, repeat, after, expected) in CASES {
             let zone = time_zone(tz).unwrap();
             let next = next_after(at(tz, anchor), repeat, &zone, at(tz, after));
-            assert_eq!(civil(tz, next), expected, "{tz} {anchor} {repeat:?} after {after}");
+            assert_eq!(
+                civil(tz, next),
+                expected,
+                "{tz} {anchor} {repeat:?} after {after}"
+            );
         }
     }
 

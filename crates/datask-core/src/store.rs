@@ -257,26 +257,55 @@ pub trait Store: Send + Sync + 'static {
     async fn get_task(&self, tenant: TenantId, id: TaskId) -> StoreResult<Option<Task>>;
     async fn list_tasks(&self, tenant: TenantId, filter: &TaskFilter) -> StoreResult<Vec<Task>>;
     /// Conflict while INPROGRESS; VersionConflict on a stale version.
-    async fn update_task(&self, tenant: TenantId, id: TaskId, update: TaskUpdate, now: Timestamp) -> StoreResult<Task>;
+    async fn update_task(
+        &self,
+        tenant: TenantId,
+        id: TaskId,
+        update: TaskUpdate,
+        now: Timestamp,
+    ) -> StoreResult<Task>;
     /// Conflict while INPROGRESS.
     async fn delete_task(&self, tenant: TenantId, id: TaskId) -> StoreResult<()>;
     /// Makes the task READY and due now. Conflict while INPROGRESS.
     async fn execute_now(&self, tenant: TenantId, id: TaskId, now: Timestamp) -> StoreResult<Task>;
     /// READY → CANCELLED at once; INPROGRESS → flagged, the worker stops
     /// within a heartbeat. Conflict when already finished.
-    async fn request_cancel(&self, tenant: TenantId, id: TaskId, now: Timestamp) -> StoreResult<Task>;
+    async fn request_cancel(
+        &self,
+        tenant: TenantId,
+        id: TaskId,
+        now: Timestamp,
+    ) -> StoreResult<Task>;
 
     // ----- the engine -----
     /// Claims up to `limit` due READY tasks, interactive first, honouring each
     /// tenant's concurrency; each comes back INPROGRESS with a new fence.
-    async fn claim(&self, worker: &str, limit: usize, lease: Duration, now: Timestamp) -> StoreResult<Vec<ClaimedTask>>;
+    async fn claim(
+        &self,
+        worker: &str,
+        limit: usize,
+        lease: Duration,
+        now: Timestamp,
+    ) -> StoreResult<Vec<ClaimedTask>>;
     /// Extends the lease; answers whether cancellation was requested.
     async fn heartbeat(&self, id: TaskId, fence: i64, lease_until: Timestamp) -> StoreResult<bool>;
-    async fn set_progress(&self, id: TaskId, fence: i64, done: i64, total: Option<i64>) -> StoreResult<()>;
+    async fn set_progress(
+        &self,
+        id: TaskId,
+        fence: i64,
+        done: i64,
+        total: Option<i64>,
+    ) -> StoreResult<()>;
     async fn append_logs(&self, id: TaskId, fence: i64, logs: Vec<LogEntry>) -> StoreResult<()>;
     async fn complete(&self, id: TaskId, fence: i64, completion: Completion) -> StoreResult<()>;
     /// Back to READY for another attempt at `run_at`.
-    async fn retry_later(&self, id: TaskId, fence: i64, run_at: Timestamp, logs: Vec<LogEntry>) -> StoreResult<()>;
+    async fn retry_later(
+        &self,
+        id: TaskId,
+        fence: i64,
+        run_at: Timestamp,
+        logs: Vec<LogEntry>,
+    ) -> StoreResult<()>;
     /// Back to READY without spending an attempt (graceful shutdown).
     async fn release(&self, id: TaskId, fence: i64, logs: Vec<LogEntry>) -> StoreResult<()>;
     /// INPROGRESS tasks whose lease expired go back to READY, or to FATAL when
@@ -299,8 +328,17 @@ pub trait Store: Send + Sync + 'static {
     async fn clear_rejects(&self, task: TaskId, fence: i64) -> StoreResult<()>;
     async fn reject_summary(&self, task: TaskId) -> StoreResult<Vec<RejectGroup>>;
     /// Rejects in row order, `after_row` exclusive.
-    async fn rejects(&self, task: TaskId, after_row: i64, limit: i64) -> StoreResult<Vec<RowReject>>;
+    async fn rejects(
+        &self,
+        task: TaskId,
+        after_row: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<RowReject>>;
     async fn count_rows(&self, tenant: TenantId, index: &'static IndexDef) -> StoreResult<i64>;
     /// All rows of an index in key order, in batches, values in column order.
-    async fn export_rows(&self, tenant: TenantId, index: &'static IndexDef) -> StoreResult<RowStream>;
+    async fn export_rows(
+        &self,
+        tenant: TenantId,
+        index: &'static IndexDef,
+    ) -> StoreResult<RowStream>;
 }

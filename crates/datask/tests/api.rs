@@ -309,7 +309,7 @@ async fn bad_requests_name_what_is_wrong(b: Backend) {
             "trigger.segment",
             "not available yet",
         ),
-        (export(json!({ "surprise": 1 })), 400, ".", "surprise"),
+        (export(json!({ "surprise": 1 })), 400, "surprise", "unknown field `surprise`"),
         (export(json!({ "desc": 5 })), 400, "desc", "string"),
         (
             export(json!({ "max_attempts": 0 })),
@@ -636,7 +636,8 @@ async fn cancel_and_execute_and_delete(b: Backend) {
 async fn repeating_task_returns_to_ready(b: Backend) {
     let s = start(b).await;
     let t = s.tenant("shop").await;
-    let once = jiff::Timestamp::now();
+    // Stores keep microseconds.
+    let once = jiff::Timestamp::from_microsecond(jiff::Timestamp::now().as_microsecond()).unwrap();
     let task = s
         .create(&t.key, json!({ "trigger": { "once": once.to_string(), "repeat": "daily", "timezone": "Europe/Amsterdam" },
                                 "target": { "action": "export", "export_index": "users", "export_format": "csv" } }))
