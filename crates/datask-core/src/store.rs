@@ -229,7 +229,7 @@ pub type RowStream = BoxStream<'static, StoreResult<Vec<Vec<Value>>>>;
 ///   checkpoint. With `reschedule` it also logs `"<STATE> -> READY"` and the
 ///   task is READY with run_at = `trigger.once` = the new time.
 /// * `retry_later` logs `"INPROGRESS -> READY"` (attempt spent); `release`
-///   does too but gives the attempt back.
+///   does too but gives the attempt back and keeps `run_at` (due at once).
 /// * `reclaim_expired`: expired leases → READY (`"INPROGRESS -> READY"` and a
 ///   `"lease expired"` entry), FATAL when attempts ≥ max_attempts, CANCELLED
 ///   when cancellation had been requested; finished ones get finished_at.

@@ -801,11 +801,11 @@ impl PgStore {
             LogEntry::transition(TaskState::InProgress, TaskState::Ready, now),
         );
         sqlx::query(
-            "UPDATE tasks SET state = 'READY', run_at = $2, attempts = attempts - $3, lease_owner = NULL, lease_expires_at = NULL,
+            "UPDATE tasks SET state = 'READY', run_at = COALESCE($2, run_at), attempts = attempts - $3, lease_owner = NULL, lease_expires_at = NULL,
                  version = version + 1, modified_at = $4, logs = logs || $5 WHERE id = $1",
         )
         .bind(id)
-        .bind(us(run_at.unwrap_or(now)))
+        .bind(run_at.map(us))
         .bind(give_back as i64)
         .bind(us(now))
         .bind(logs_json(&logs))

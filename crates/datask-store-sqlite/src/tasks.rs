@@ -728,10 +728,10 @@ impl SqliteStore {
             check_fence(&tx, id, fence)?;
             logs.insert(0, LogEntry::transition(TaskState::InProgress, TaskState::Ready, now));
             tx.prepare_cached(&format!(
-                "UPDATE tasks SET state = 'READY', run_at = ?2, attempts = attempts - ?3, lease_owner = NULL, lease_expires_at = NULL,
+                "UPDATE tasks SET state = 'READY', run_at = COALESCE(?2, run_at), attempts = attempts - ?3, lease_owner = NULL, lease_expires_at = NULL,
                      version = version + 1, modified_at = ?4, {LOGS_AT_5} WHERE id = ?1"
             ))?
-            .execute(params![id, micros(run_at.unwrap_or(now)), give_back as i64, micros(now), logs_json(&logs)?])?;
+            .execute(params![id, run_at.map(micros), give_back as i64, micros(now), logs_json(&logs)?])?;
             tx.commit()?;
             Ok(())
         })

@@ -309,7 +309,12 @@ async fn bad_requests_name_what_is_wrong(b: Backend) {
             "trigger.segment",
             "not available yet",
         ),
-        (export(json!({ "surprise": 1 })), 400, "surprise", "unknown field `surprise`"),
+        (
+            export(json!({ "surprise": 1 })),
+            400,
+            "surprise",
+            "unknown field `surprise`",
+        ),
         (export(json!({ "desc": 5 })), 400, "desc", "string"),
         (
             export(json!({ "max_attempts": 0 })),
