@@ -670,6 +670,28 @@ async fn repeating_task_returns_to_ready(b: Backend) {
         "no DST change within a day of the test"
     );
     assert_eq!(body["result"], format!("users-{id}.csv"));
+
+    // Missed runs (the anchor is ten days back) run once, then the schedule
+    // resumes at the first occurrence after now.
+    let anchor = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second() - 10 * 86_400 + 3600).unwrap();
+    let task = s
+        .create(&t.key, json!({ "trigger": { "once": anchor.to_string(), "repeat": "daily", "timezone": "UTC" },
+                                "target": { "action": "export", "export_index": "users", "export_format": "csv" } }))
+        .await;
+    let id = task["id"].as_i64().unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let body = loop {
+        let (_, body) = s.call("GET", &format!("/tasks/{id}"), &t.key, None).await;
+        if body["logs"].as_array().unwrap().iter().any(|l| l["msg"] == "DONE -> READY") {
+            break body;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let runs = body["logs"].as_array().unwrap().iter().filter(|l| l["msg"] == "READY -> INPROGRESS").count();
+    assert_eq!(runs, 1, "{body}");
+    let next: jiff::Timestamp = body["trigger"]["once"].as_str().unwrap().parse().unwrap();
+    assert_eq!(next, anchor + jiff::SignedDuration::from_hours(240));
     s.stop().await;
 }
 
