@@ -70,7 +70,16 @@ pub fn router(state: AppState) -> Router {
         .merge(uploads::router())
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .fallback(
+            |method: axum::http::Method, uri: axum::http::Uri| async move {
+                ApiError::NotFound(format!("no route for {method} {}", uri.path()))
+            },
+        )
+        .method_not_allowed_fallback(
+            |method: axum::http::Method, uri: axum::http::Uri| async move {
+                ApiError::MethodNotAllowed(format!("{method} is not allowed on {}", uri.path()))
+            },
+        )
         .with_state(state)
 }
 

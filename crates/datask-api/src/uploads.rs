@@ -9,9 +9,9 @@ use axum::{Json, Router};
 use datask_core::store::Upload;
 use datask_engine::FileStore;
 use futures::StreamExt;
-use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 use tokio::io::AsyncWriteExt;
 
 use crate::AppState;
@@ -23,13 +23,6 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/uploads", post(upload))
         .layer(DefaultBodyLimit::disable())
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct UploadParams {
-    #[serde(default)]
-    filename: Option<String>,
 }
 
 const ACCEPTED_TYPES: &[&str] = &[
@@ -46,11 +39,18 @@ const ACCEPTED_TYPES: &[&str] = &[
 async fn upload(
     caller: Caller,
     State(state): State<AppState>,
-    Query(params): Query<UploadParams>,
+    Query(params): Query<HashMap<String, String>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     caller.require_write()?;
+    if let Some(other) = params.keys().find(|k| *k != "filename") {
+        return Err(ApiError::invalid(
+            other.clone(),
+            "unknown query parameter; expected filename",
+        ));
+    }
+    let filename = params.get("filename").cloned();
     if let Some(ct) = headers.get(axum::http::header::CONTENT_TYPE) {
         let ct = ct
             .to_str()
@@ -66,7 +66,7 @@ async fn upload(
             )));
         }
     }
-    if let Some(name) = &params.filename
+    if let Some(name) = &filename
         && (name.is_empty() || name.len() > 255 || name.contains(['/', '\\', '\0']))
     {
         return Err(ApiError::invalid(
@@ -126,7 +126,7 @@ async fn upload(
         size: size as i64,
         sha256: sha256.clone(),
         object_key: key.clone(),
-        filename: params.filename,
+        filename,
         created_at: jiff::Timestamp::now(),
     };
     if let Err(e) = state.store.insert_upload(upload).await {

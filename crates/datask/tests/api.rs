@@ -400,6 +400,26 @@ async fn bad_requests_name_what_is_wrong(b: Backend) {
         (status, body["error"]["field"].as_str()),
         (400, Some("limit"))
     );
+    let (status, body) = s.call("GET", "/nowhere", &t.key, None).await;
+    assert_eq!(
+        (status, body["error"]["message"].as_str()),
+        (404, Some("no route for GET /nowhere"))
+    );
+    let (status, body) = s.call("PATCH", "/tasks/1", &t.key, None).await;
+    assert_eq!(
+        (status, body["error"]["message"].as_str()),
+        (405, Some("PATCH is not allowed on /tasks/1"))
+    );
+    let r = s
+        .http
+        .post(format!("{}/uploads?name=x.csv", s.url))
+        .bearer_auth(&t.key)
+        .body("a")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["field"], "name");
     s.stop().await;
 }
 
@@ -673,7 +693,9 @@ async fn repeating_task_returns_to_ready(b: Backend) {
 
     // Missed runs (the anchor is ten days back) run once, then the schedule
     // resumes at the first occurrence after now.
-    let anchor = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second() - 10 * 86_400 + 3600).unwrap();
+    let anchor =
+        jiff::Timestamp::from_second(jiff::Timestamp::now().as_second() - 10 * 86_400 + 3600)
+            .unwrap();
     let task = s
         .create(&t.key, json!({ "trigger": { "once": anchor.to_string(), "repeat": "daily", "timezone": "UTC" },
                                 "target": { "action": "export", "export_index": "users", "export_format": "csv" } }))
@@ -682,13 +704,23 @@ async fn repeating_task_returns_to_ready(b: Backend) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let body = loop {
         let (_, body) = s.call("GET", &format!("/tasks/{id}"), &t.key, None).await;
-        if body["logs"].as_array().unwrap().iter().any(|l| l["msg"] == "DONE -> READY") {
+        if body["logs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["msg"] == "DONE -> READY")
+        {
             break body;
         }
         assert!(tokio::time::Instant::now() < deadline, "{body}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let runs = body["logs"].as_array().unwrap().iter().filter(|l| l["msg"] == "READY -> INPROGRESS").count();
+    let runs = body["logs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["msg"] == "READY -> INPROGRESS")
+        .count();
     assert_eq!(runs, 1, "{body}");
     let next: jiff::Timestamp = body["trigger"]["once"].as_str().unwrap().parse().unwrap();
     assert_eq!(next, anchor + jiff::SignedDuration::from_hours(240));
