@@ -41,6 +41,10 @@ impl ApiError {
         }
     }
 
+    pub fn status(&self) -> StatusCode {
+        self.status_and_code().0
+    }
+
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             ApiError::Invalid { .. } => (StatusCode::BAD_REQUEST, "invalid_field"),

@@ -8,6 +8,7 @@ mod body;
 mod downloads;
 mod error;
 mod events;
+mod external;
 mod render;
 mod rest;
 mod uploads;
@@ -65,6 +66,7 @@ pub fn router(state: AppState) -> Router {
         .merge(admin::router())
         .merge(downloads::router())
         .merge(events::router())
+        .merge(external::router())
         .layer(DefaultBodyLimit::max(json_limit))
         // Uploads stream with their own, larger limit.
         .merge(uploads::router())

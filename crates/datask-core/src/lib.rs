@@ -4,6 +4,7 @@
 //! Nothing here knows about HTTP, SQL or files.
 
 pub mod index;
+pub mod query;
 pub mod schedule;
 pub mod state;
 pub mod store;

@@ -256,6 +256,12 @@ pub trait Store: Send + Sync + 'static {
     async fn insert_task(&self, new: NewTask, now: Timestamp) -> StoreResult<InsertedTask>;
     async fn get_task(&self, tenant: TenantId, id: TaskId) -> StoreResult<Option<Task>>;
     async fn list_tasks(&self, tenant: TenantId, filter: &TaskFilter) -> StoreResult<Vec<Task>>;
+    /// The query dialect's `list/task`: conditions, order, limit, offset.
+    async fn query_tasks(
+        &self,
+        tenant: TenantId,
+        query: &crate::query::TaskQuery,
+    ) -> StoreResult<Vec<Task>>;
     /// Conflict while INPROGRESS; VersionConflict on a stale version.
     async fn update_task(
         &self,

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use datask_core::index::IndexDef;
+use datask_core::query::{Param, TaskQuery};
 use datask_core::store::*;
 use datask_core::task::{LogEntry, NewTask, Task, TaskUpdate};
 use datask_core::{TaskId, TaskState, TenantId};
@@ -291,6 +292,33 @@ impl Store for PgStore {
             .bind(f.created_before.map(us))
             .bind(f.before_id)
             .bind(f.limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        rows.iter()
+            .map(task_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(backend)
+    }
+
+    async fn query_tasks(&self, tenant: TenantId, query: &TaskQuery) -> StoreResult<Vec<Task>> {
+        let (where_sql, order_sql, params) = query.to_sql(2, |n| format!("${n}"));
+        let n = params.len();
+        let sql = format!(
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE tenant_id = $1 AND {where_sql} ORDER BY {order_sql} LIMIT ${} OFFSET ${}",
+            n + 2,
+            n + 3
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(tenant);
+        for p in params {
+            q = match p {
+                Param::Int(i) => q.bind(i),
+                Param::Text(t) => q.bind(t),
+            };
+        }
+        let rows = q
+            .bind(query.limit)
+            .bind(query.offset)
             .fetch_all(&self.pool)
             .await
             .map_err(backend)?;

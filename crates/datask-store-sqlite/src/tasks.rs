@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use datask_core::index::IndexDef;
+use datask_core::query::{Param, TaskQuery};
 use datask_core::store::*;
 use datask_core::task::{LogEntry, NewTask, Task, TaskUpdate};
 use datask_core::{TaskId, TaskState, TenantId};
@@ -270,6 +271,32 @@ impl Store for SqliteStore {
                 ],
                 task_from_row,
             )?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn query_tasks(&self, tenant: TenantId, query: &TaskQuery) -> StoreResult<Vec<Task>> {
+        let (where_sql, order_sql, params) = query.to_sql(2, |n| format!("?{n}"));
+        let n = params.len();
+        let sql = format!(
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE tenant_id = ?1 AND {where_sql} ORDER BY {order_sql} LIMIT ?{} OFFSET ?{}",
+            n + 2,
+            n + 3
+        );
+        let (limit, offset) = (query.limit, query.offset);
+        self.read(move |c| {
+            let mut stmt = c.prepare(&sql)?;
+            let mut args: Vec<rusqlite::types::Value> = vec![tenant.into()];
+            for p in params {
+                args.push(match p {
+                    Param::Int(i) => i.into(),
+                    Param::Text(t) => t.into(),
+                });
+            }
+            args.push(limit.into());
+            args.push(offset.into());
+            let rows = stmt.query_map(rusqlite::params_from_iter(args), task_from_row)?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
         .await

@@ -23,6 +23,8 @@ on_both_stores!(
     signed_downloads_refuse_tampering_and_serve_ranges,
     uploads_refuse_binary_and_empty_files,
     events_stream_until_the_task_finishes,
+    query_dialect_of_the_first_seed,
+    query_dialect_refuses_what_is_not_on_its_lists,
 );
 
 /// Reads a CSV into rows of cells, numbers normalised so `3.50` equals `3.5`.
@@ -876,5 +878,260 @@ async fn events_stream_until_the_task_finishes(b: Backend) {
     assert_eq!(states.last().unwrap(), "DONE", "{text}");
     let (status, _) = s.call("GET", "/tasks/999999/events", &t.key, None).await;
     assert_eq!(status, 404);
+    s.stop().await;
+}
+
+async fn query(s: &common::TestServer, path: &str, body: Value) -> (u16, Value) {
+    let resp = s
+        .http
+        .post(format!("{}/api/external/{path}", s.url))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(
+        body["code"].as_u64(),
+        Some(status as u64),
+        "the envelope's code matches the HTTP status: {body}"
+    );
+    assert_eq!(body["success"], status == 200);
+    (status, body)
+}
+
+async fn query_dialect_of_the_first_seed(b: Backend) {
+    let s = start(b).await;
+    let t = s.tenant("project").await;
+    let before = jiff::Timestamp::now().as_second() - 1;
+    // Two imports with problems and one clean export, made through REST.
+    let bad = s
+        .import(&t, "products", b"product_id,price\n,1\np2,x\n".to_vec())
+        .await;
+    let cols = s
+        .import(&t, "products", b"product_id,first.name\np1,x\n".to_vec())
+        .await;
+    let export = s.create(&t.key, json!({ "desc": "all", "target": { "action": "export", "export_index": "products", "export_format": "csv" } })).await;
+    let export = s.wait(&t.key, export["id"].as_i64().unwrap(), 30).await;
+
+    // The seed's request, word for word but for the token and the time.
+    let (status, body) = query(
+        &s,
+        "list/task",
+        json!({
+            "apptoken": t.apptoken,
+            "condition": [["identifier", "=", "import"], ["finish_time", ">", before]],
+            "order": ["id DESC"],
+            "select": ["id", "identifier", "errors", "finish_time"]
+        }),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let data = body["data"].as_array().unwrap();
+    assert_eq!(data.len(), 2);
+    assert_eq!(data[0]["id"], cols["id"]);
+    assert_eq!(data[1]["id"], bad["id"]);
+    let keys: Vec<&str> = data[0]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(keys, ["id", "identifier", "errors", "finish_time"]);
+    assert_eq!(
+        data[0]["errors"]["file[columns]"][0],
+        "Column 'first.name' is not a recognized field of index 'products'"
+    );
+    assert_eq!(
+        data[1]["errors"]["file[rows]"],
+        json!([
+            "Rows must contain identifier (Row 2)",
+            "Rows have an invalid value in column 'price' (Row 3)"
+        ])
+    );
+    assert!(data[0]["finish_time"].as_i64().unwrap() > before);
+
+    // The same task reads the same through both dialects.
+    let (_, info) = query(
+        &s,
+        "info/task",
+        json!({ "apptoken": t.apptoken, "id": export["id"] }),
+    )
+    .await;
+    let q = &info["data"];
+    assert_eq!(
+        (q["id"].clone(), q["identifier"].clone(), q["desc"].clone()),
+        (export["id"].clone(), json!("export"), json!("all"))
+    );
+    assert_eq!(q["status"], 2);
+    assert_eq!(q["project_id"], t.id);
+    assert_eq!(q["result"], export["result"]);
+    let created: jiff::Timestamp = export["state"]["created_date"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(q["create_time"], created.as_second());
+    let finished = export["logs"].as_array().unwrap().last().unwrap()["time"]
+        .as_str()
+        .unwrap()
+        .parse::<jiff::Timestamp>()
+        .unwrap();
+    assert_eq!(q["finish_time"], finished.as_second());
+
+    // Status, in / not in, null, offset and limit.
+    let ids = |body: &Value| {
+        body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["id"].as_i64().unwrap())
+            .collect::<Vec<_>>()
+    };
+    let (_, r) = query(
+        &s,
+        "list/task",
+        json!({ "apptoken": t.apptoken, "condition": [["status", "=", 3]], "select": ["id"] }),
+    )
+    .await;
+    assert_eq!(
+        ids(&r),
+        vec![cols["id"].as_i64().unwrap(), bad["id"].as_i64().unwrap()]
+    );
+    let (_, r) = query(&s, "list/task", json!({ "apptoken": t.apptoken, "condition": [["status", "in", [2]], ["identifier", "not in", ["import"]]] })).await;
+    assert_eq!(ids(&r), vec![export["id"].as_i64().unwrap()]);
+    let (_, r) = query(&s, "list/task", json!({ "apptoken": t.apptoken, "condition": [["result", "=", null]], "order": ["id asc"] })).await;
+    assert_eq!(
+        ids(&r),
+        vec![cols["id"].as_i64().unwrap()],
+        "the import with only column errors has no failed-rows file"
+    );
+    let (_, r) = query(
+        &s,
+        "list/task",
+        json!({ "apptoken": t.apptoken, "order": ["id ASC"], "limit": 1, "offset": 1 }),
+    )
+    .await;
+    assert_eq!(ids(&r), vec![cols["id"].as_i64().unwrap()]);
+    let (_, r) = query(&s, "list/task", json!({ "apptoken": t.apptoken })).await;
+    assert_eq!(r["data"].as_array().unwrap().len(), 3);
+    assert_eq!(r["data"][0]["status"], 2, "newest first by default");
+    s.stop().await;
+}
+
+async fn query_dialect_refuses_what_is_not_on_its_lists(b: Backend) {
+    let s = start(b).await;
+    let t = s.tenant("project").await;
+    let other = s.tenant("other").await;
+    let task = s.create(&other.key, json!({ "target": { "action": "export", "export_index": "users", "export_format": "csv" } })).await;
+    let cases: Vec<(Value, u16, &str)> = vec![
+        (
+            json!({ "condition": [["id; DROP TABLE tasks", "=", 1]] }),
+            400,
+            "unknown field 'id; DROP TABLE tasks'",
+        ),
+        (
+            json!({ "condition": [["id", "like", 1]] }),
+            400,
+            "unknown operator 'like'",
+        ),
+        (
+            json!({ "condition": [["id", "=", "one"]] }),
+            400,
+            "'id' needs an integer",
+        ),
+        (
+            json!({ "condition": [["identifier", "=", 5]] }),
+            400,
+            "'identifier' needs a string",
+        ),
+        (
+            json!({ "condition": [["id", "in", 5]] }),
+            400,
+            "needs a list",
+        ),
+        (
+            json!({ "condition": [["id", ">", null]] }),
+            400,
+            "null only works",
+        ),
+        (
+            json!({ "condition": [["id", "="]] }),
+            400,
+            "expected [field, operator, value]",
+        ),
+        (
+            json!({ "condition": [["errors", "=", "x"]] }),
+            400,
+            "unknown field 'errors'",
+        ),
+        (
+            json!({ "order": ["id; DROP TABLE tasks"] }),
+            400,
+            "unknown field 'id;'",
+        ),
+        (json!({ "order": ["id SIDEWAYS"] }), 400, "'id SIDEWAYS'"),
+        (
+            json!({ "select": ["password"] }),
+            400,
+            "unknown field 'password'",
+        ),
+        (json!({ "limit": 5000 }), 400, "limit"),
+        (json!({ "offset": -1 }), 400, "offset"),
+        (json!({ "sort": ["id"] }), 400, "sort"),
+    ];
+    for (mut body, status, needle) in cases {
+        body["apptoken"] = json!(t.apptoken);
+        let (got, resp) = query(&s, "list/task", body.clone()).await;
+        assert_eq!(got, status, "{body}: {resp}");
+        assert!(
+            resp["message"].as_str().unwrap().contains(needle),
+            "{body}: {resp}"
+        );
+    }
+    let (got, resp) = query(&s, "list/task", json!({ "apptoken": "wrong" })).await;
+    assert_eq!(
+        (got, resp["message"].as_str()),
+        (401, Some("missing or invalid credentials"))
+    );
+    let (got, _) = query(&s, "list/task", json!({})).await;
+    assert_eq!(got, 401);
+    let (got, resp) = query(
+        &s,
+        "info/task",
+        json!({ "apptoken": t.apptoken, "id": task["id"] }),
+    )
+    .await;
+    assert_eq!(got, 404, "another tenant's task: {resp}");
+    let (got, _) = query(
+        &s,
+        "info/task",
+        json!({ "apptoken": other.apptoken, "id": task["id"] }),
+    )
+    .await;
+    assert_eq!(got, 200);
+    let (got, resp) = query(
+        &s,
+        "info/task",
+        json!({ "apptoken": t.apptoken, "id": "x" }),
+    )
+    .await;
+    assert_eq!(
+        (got, resp["message"].as_str().unwrap().starts_with("id:")),
+        (400, true)
+    );
+    let resp = s
+        .http
+        .post(format!("{}/api/external/list/task", s.url))
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(
+        (body["success"].as_bool(), body["code"].as_u64()),
+        (Some(false), Some(400))
+    );
     s.stop().await;
 }
