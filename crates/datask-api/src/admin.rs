@@ -1,11 +1,12 @@
 //! Administration with the root key.
 
+use axum::extract::Path;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::post;
+use axum::routing::{post, put};
 use axum::{Json, Router};
 use datask_core::schedule::time_zone;
-use datask_core::store::{Credential, CredentialKind, NewTenant};
+use datask_core::store::{Credential, CredentialKind, Level, NewTenant};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -15,7 +16,72 @@ use crate::body::JsonBody;
 use crate::error::ApiError;
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/admin/tenants", post(create_tenant))
+    Router::new()
+        .route("/admin/tenants", post(create_tenant))
+        .route("/admin/users", post(create_user))
+        .route("/admin/tenants/{id}/members/{user_id}", put(set_member))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateUser {
+    name: String,
+}
+
+async fn create_user(
+    _root: Root,
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<CreateUser>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let name = body.name.trim().to_string();
+    if name.is_empty() || name.len() > 200 {
+        return Err(ApiError::invalid("name", "must be 1 to 200 characters"));
+    }
+    let token = new_secret("dtk_user_");
+    let user = state.store.create_user(&name, &hash_secret(&token)).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "id": user.id, "name": user.name, "token": token })),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetMember {
+    level: String,
+}
+
+async fn set_member(
+    _root: Root,
+    State(state): State<AppState>,
+    Path((tenant, user)): Path<(String, String)>,
+    JsonBody(body): JsonBody<SetMember>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant: i64 = tenant
+        .parse()
+        .map_err(|_| ApiError::invalid("id", format!("'{tenant}' is not a tenant id")))?;
+    let user: i64 = user
+        .parse()
+        .map_err(|_| ApiError::invalid("user_id", format!("'{user}' is not a user id")))?;
+    let level = Level::parse(&body.level).ok_or_else(|| {
+        ApiError::invalid(
+            "level",
+            format!("'{}' is not one of {}", body.level, Level::NAMES.join(", ")),
+        )
+    })?;
+    state
+        .store
+        .set_membership(tenant, user, level)
+        .await
+        .map_err(|e| match e {
+            datask_core::StoreError::NotFound => {
+                ApiError::NotFound(format!("no tenant {tenant} or no user {user}"))
+            }
+            e => e.into(),
+        })?;
+    Ok(Json(
+        json!({ "tenant_id": tenant, "user_id": user, "level": level.as_str() }),
+    ))
 }
 
 #[derive(Deserialize)]

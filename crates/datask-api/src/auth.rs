@@ -5,7 +5,7 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use base64::Engine as _;
 use datask_core::TenantId;
-use datask_core::store::CredentialKind;
+use datask_core::store::{CredentialKind, Level};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -42,13 +42,38 @@ fn bearer(parts: &Parts) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// What a caller may do within its tenant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a caller may do within its tenant; each includes the ones before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Access {
-    /// Read tasks and download results (the app token).
-    Read,
-    /// Everything (a privileged key).
+    /// Read tasks and download results (the app token; the viewer level).
+    Viewer,
+    /// Also create, update, execute, cancel and upload.
+    Operator,
+    /// Also delete tasks, settings, segments.
+    Manager,
+    /// A privileged key: everything in its tenant.
     Full,
+}
+
+impl Access {
+    fn name(self) -> &'static str {
+        match self {
+            Access::Viewer => "viewer",
+            Access::Operator => "operator",
+            Access::Manager => "manager",
+            Access::Full => "privileged",
+        }
+    }
+}
+
+impl From<Level> for Access {
+    fn from(l: Level) -> Self {
+        match l {
+            Level::Viewer => Access::Viewer,
+            Level::Operator => Access::Operator,
+            Level::Manager => Access::Manager,
+        }
+    }
 }
 
 /// The authenticated caller of a tenant route.
@@ -59,14 +84,37 @@ pub struct Caller {
 }
 
 impl Caller {
-    pub fn require_write(&self) -> Result<(), ApiError> {
-        match self.access {
-            Access::Full => Ok(()),
-            Access::Read => Err(ApiError::Forbidden(
-                "this credential may only read; use a privileged key".into(),
-            )),
+    /// 403 unless the caller has at least `needed`.
+    pub fn require(&self, needed: Access) -> Result<(), ApiError> {
+        if self.access >= needed {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(format!(
+                "this needs {} access; this credential has {}",
+                needed.name(),
+                self.access.name()
+            )))
         }
     }
+}
+
+/// The tenant an admin user names: `X-Chain-Id` header or `chain` query parameter.
+fn named_chain(parts: &Parts) -> Result<TenantId, ApiError> {
+    let raw = match parts.headers.get("x-chain-id") {
+        Some(v) => Some(v.to_str().unwrap_or("").to_string()),
+        None => parts.uri.query().and_then(|q| {
+            q.split('&')
+                .find_map(|kv| kv.strip_prefix("chain=").map(|v| v.to_string()))
+        }),
+    };
+    let raw = raw.ok_or_else(|| {
+        ApiError::invalid("X-Chain-Id", "an admin user must name the tenant with the X-Chain-Id header or the chain query parameter")
+    })?;
+    raw.trim()
+        .parse::<TenantId>()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(|| ApiError::invalid("X-Chain-Id", format!("'{raw}' is not a tenant id")))
 }
 
 impl FromRequestParts<AppState> for Caller {
@@ -78,21 +126,34 @@ impl FromRequestParts<AppState> for Caller {
     ) -> Result<Self, Self::Rejection> {
         let token = bearer(parts).ok_or(ApiError::Unauthorized)?;
         let hash = hash_secret(token);
-        let cred = state
+        if let Some(cred) = state.store.credential_by_hash(&hash).await? {
+            if !bool::from(cred.secret_sha256.as_bytes().ct_eq(hash.as_bytes())) {
+                return Err(ApiError::Unauthorized);
+            }
+            let access = match cred.kind {
+                CredentialKind::PrivilegedKey => Access::Full,
+                CredentialKind::AppToken => Access::Viewer,
+            };
+            return Ok(Caller {
+                tenant_id: cred.tenant_id,
+                access,
+            });
+        }
+        let user = state
             .store
-            .credential_by_hash(&hash)
+            .user_by_token(&hash)
             .await?
             .ok_or(ApiError::Unauthorized)?;
-        if !bool::from(cred.secret_sha256.as_bytes().ct_eq(hash.as_bytes())) {
-            return Err(ApiError::Unauthorized);
-        }
-        let access = match cred.kind {
-            CredentialKind::PrivilegedKey => Access::Full,
-            CredentialKind::AppToken => Access::Read,
-        };
+        let tenant_id = named_chain(parts)?;
+        // Not a member and no such tenant look the same: no existence oracle.
+        let level = state
+            .store
+            .membership(tenant_id, user.id)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("tenant {tenant_id} not found")))?;
         Ok(Caller {
-            tenant_id: cred.tenant_id,
-            access,
+            tenant_id,
+            access: level.into(),
         })
     }
 }

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use tokio::io::AsyncWriteExt;
 
 use crate::AppState;
-use crate::auth::Caller;
+use crate::auth::{Access, Caller};
 use crate::error::ApiError;
 
 pub fn router() -> Router<AppState> {
@@ -43,8 +43,8 @@ async fn upload(
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    caller.require_write()?;
-    if let Some(other) = params.keys().find(|k| *k != "filename") {
+    caller.require(Access::Operator)?;
+    if let Some(other) = params.keys().find(|k| *k != "filename" && *k != "chain") {
         return Err(ApiError::invalid(
             other.clone(),
             "unknown query parameter; expected filename",

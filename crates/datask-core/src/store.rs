@@ -84,6 +84,45 @@ pub struct Credential {
     pub secret_sha256: String,
 }
 
+/// A person's access to one tenant; each level includes the ones before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    /// Read tasks, download results.
+    Viewer,
+    /// Also create, update, execute, cancel, upload.
+    Operator,
+    /// Also delete tasks, settings, segments.
+    Manager,
+}
+
+impl Level {
+    pub const NAMES: [&'static str; 3] = ["viewer", "operator", "manager"];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Viewer => "viewer",
+            Level::Operator => "operator",
+            Level::Manager => "manager",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "viewer" => Some(Level::Viewer),
+            "operator" => Some(Level::Operator),
+            "manager" => Some(Level::Manager),
+            _ => None,
+        }
+    }
+}
+
+/// An admin user (not bound to a tenant: memberships say where it may act).
+#[derive(Debug, Clone, PartialEq)]
+pub struct User {
+    pub id: i64,
+    pub name: String,
+}
+
 /// Filters of `GET /tasks`; newest first, `before_id` is the cursor.
 #[derive(Debug, Clone, Default)]
 pub struct TaskFilter {
@@ -250,6 +289,11 @@ pub trait Store: Send + Sync + 'static {
     async fn tenant(&self, id: TenantId) -> StoreResult<Option<Tenant>>;
     async fn add_credential(&self, cred: Credential) -> StoreResult<()>;
     async fn credential_by_hash(&self, secret_sha256: &str) -> StoreResult<Option<Credential>>;
+    async fn create_user(&self, name: &str, token_sha256: &str) -> StoreResult<User>;
+    async fn user_by_token(&self, token_sha256: &str) -> StoreResult<Option<User>>;
+    /// Sets (or changes) a user's level in a tenant; NotFound when either is missing.
+    async fn set_membership(&self, tenant: TenantId, user: i64, level: Level) -> StoreResult<()>;
+    async fn membership(&self, tenant: TenantId, user: i64) -> StoreResult<Option<Level>>;
 
     // ----- tasks, as clients see them -----
     /// Inserts, or with a known idempotency key returns the first task.

@@ -218,6 +218,64 @@ impl Store for PgStore {
         }))
     }
 
+    async fn create_user(&self, name: &str, token_sha256: &str) -> StoreResult<User> {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO users (name, token_sha256, created_at) VALUES ($1, $2, $3) RETURNING id",
+        )
+        .bind(name)
+        .bind(token_sha256)
+        .bind(us(Timestamp::now()))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(User {
+            id,
+            name: name.to_string(),
+        })
+    }
+
+    async fn user_by_token(&self, token_sha256: &str) -> StoreResult<Option<User>> {
+        let row: Option<(i64, String)> =
+            sqlx::query_as("SELECT id, name FROM users WHERE token_sha256 = $1")
+                .bind(token_sha256)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(backend)?;
+        Ok(row.map(|(id, name)| User { id, name }))
+    }
+
+    async fn set_membership(&self, tenant: TenantId, user: i64, level: Level) -> StoreResult<()> {
+        let n = sqlx::query(
+            "INSERT INTO memberships (tenant_id, user_id, level)
+             SELECT t.id, u.id, $3 FROM tenants t, users u WHERE t.id = $1 AND u.id = $2
+             ON CONFLICT (tenant_id, user_id) DO UPDATE SET level = EXCLUDED.level",
+        )
+        .bind(tenant)
+        .bind(user)
+        .bind(level.as_str())
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?
+        .rows_affected();
+        if n == 0 {
+            Err(StoreError::NotFound)
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn membership(&self, tenant: TenantId, user: i64) -> StoreResult<Option<Level>> {
+        let level: Option<String> = sqlx::query_scalar(
+            "SELECT level FROM memberships WHERE tenant_id = $1 AND user_id = $2",
+        )
+        .bind(tenant)
+        .bind(user)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(level.as_deref().and_then(Level::parse))
+    }
+
     async fn insert_task(&self, new: NewTask, now: Timestamp) -> StoreResult<InsertedTask> {
         let mut tx = self.pool.begin().await.map_err(backend)?;
         // ON CONFLICT DO NOTHING keeps the first task of an idempotency key,

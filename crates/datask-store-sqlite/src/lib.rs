@@ -17,7 +17,10 @@ use jiff::Timestamp;
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::Notify;
 
-const MIGRATIONS: &[(&str, &str)] = &[("0001_init", include_str!("../migrations/0001_init.sql"))];
+const MIGRATIONS: &[(&str, &str)] = &[
+    ("0001_init", include_str!("../migrations/0001_init.sql")),
+    ("0002_users", include_str!("../migrations/0002_users.sql")),
+];
 const READERS: usize = 4;
 
 #[derive(Clone)]

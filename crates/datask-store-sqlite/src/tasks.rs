@@ -196,6 +196,69 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn create_user(&self, name: &str, token_sha256: &str) -> StoreResult<User> {
+        let (name, hash) = (name.to_string(), token_sha256.to_string());
+        self.write(move |c| {
+            let id = c.query_row(
+                "INSERT INTO users (name, token_sha256, created_at) VALUES (?1, ?2, ?3) RETURNING id",
+                params![name, hash, micros(Timestamp::now())],
+                |r| r.get(0),
+            )?;
+            Ok(User { id, name })
+        })
+        .await
+    }
+
+    async fn user_by_token(&self, token_sha256: &str) -> StoreResult<Option<User>> {
+        let hash = token_sha256.to_string();
+        self.read(move |c| {
+            Ok(
+                c.prepare_cached("SELECT id, name FROM users WHERE token_sha256 = ?1")?
+                    .query_row([hash], |r| {
+                        Ok(User {
+                            id: r.get(0)?,
+                            name: r.get(1)?,
+                        })
+                    })
+                    .optional()?,
+            )
+        })
+        .await
+    }
+
+    async fn set_membership(&self, tenant: TenantId, user: i64, level: Level) -> StoreResult<()> {
+        self.write(move |c| {
+            let exists = c
+                .prepare_cached("SELECT 1 FROM tenants WHERE id = ?1")?
+                .exists([tenant])?
+                && c.prepare_cached("SELECT 1 FROM users WHERE id = ?1")?
+                    .exists([user])?;
+            if !exists {
+                return Err(StoreError::NotFound.into());
+            }
+            c.execute(
+                "INSERT INTO memberships (tenant_id, user_id, level) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (tenant_id, user_id) DO UPDATE SET level = excluded.level",
+                params![tenant, user, level.as_str()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn membership(&self, tenant: TenantId, user: i64) -> StoreResult<Option<Level>> {
+        self.read(move |c| {
+            let level: Option<String> = c
+                .prepare_cached(
+                    "SELECT level FROM memberships WHERE tenant_id = ?1 AND user_id = ?2",
+                )?
+                .query_row(params![tenant, user], |r| r.get(0))
+                .optional()?;
+            Ok(level.as_deref().and_then(Level::parse))
+        })
+        .await
+    }
+
     async fn insert_task(&self, new: NewTask, now: Timestamp) -> StoreResult<InsertedTask> {
         let out = self
             .write(move |c| {

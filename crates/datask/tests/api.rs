@@ -25,6 +25,7 @@ on_both_stores!(
     events_stream_until_the_task_finishes,
     query_dialect_of_the_first_seed,
     query_dialect_refuses_what_is_not_on_its_lists,
+    access_matrix,
 );
 
 /// Reads a CSV into rows of cells, numbers normalised so `3.50` equals `3.5`.
@@ -1133,5 +1134,195 @@ async fn query_dialect_refuses_what_is_not_on_its_lists(b: Backend) {
         (body["success"].as_bool(), body["code"].as_u64()),
         (Some(false), Some(400))
     );
+    s.stop().await;
+}
+
+/// Every tenant route × every kind of credential × own and foreign tenant.
+async fn access_matrix(b: Backend) {
+    let s = start(b).await;
+    let own = s.tenant("own").await;
+    let foreign = s.tenant("foreign").await;
+    let user = |name: &'static str| {
+        let s = &s;
+        async move {
+            let (status, body) = s
+                .call(
+                    "POST",
+                    "/admin/users",
+                    ROOT_KEY,
+                    Some(json!({ "name": name })),
+                )
+                .await;
+            assert_eq!(status, 201, "{body}");
+            (
+                body["id"].as_i64().unwrap(),
+                body["token"].as_str().unwrap().to_string(),
+            )
+        }
+    };
+    let mut creds: Vec<(&str, String, Option<i64>, u8)> = vec![
+        ("app token", own.apptoken.clone(), None, 1),
+        ("privileged key", own.key.clone(), None, 4),
+    ];
+    for (name, level, rank) in [
+        ("viewer", "viewer", 1u8),
+        ("operator", "operator", 2),
+        ("manager", "manager", 3),
+    ] {
+        let (id, token) = user(name).await;
+        let (status, body) = s
+            .call(
+                "PUT",
+                &format!("/admin/tenants/{}/members/{id}", own.id),
+                ROOT_KEY,
+                Some(json!({ "level": level })),
+            )
+            .await;
+        assert_eq!((status, body["level"].as_str()), (200, Some(level)));
+        creds.push((name, token, Some(own.id), rank));
+    }
+    let (status, _) = s
+        .call(
+            "PUT",
+            "/admin/tenants/999999/members/1",
+            ROOT_KEY,
+            Some(json!({ "level": "viewer" })),
+        )
+        .await;
+    assert_eq!(status, 404);
+    let (status, body) = s
+        .call(
+            "PUT",
+            &format!("/admin/tenants/{}/members/1", own.id),
+            ROOT_KEY,
+            Some(json!({ "level": "owner" })),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["field"].as_str()),
+        (400, Some("level"))
+    );
+
+    // A finished export of each tenant, for reads and download links.
+    let export = json!({ "target": { "action": "export", "export_index": "products", "export_format": "csv" } });
+    let own_done = s.create(&own.key, export.clone()).await["id"]
+        .as_i64()
+        .unwrap();
+    let foreign_done = s.create(&foreign.key, export.clone()).await["id"]
+        .as_i64()
+        .unwrap();
+    s.wait(&own.key, own_done, 30).await;
+    s.wait(&foreign.key, foreign_done, 30).await;
+    let later = (jiff::Timestamp::now() + jiff::SignedDuration::from_hours(1)).to_string();
+    let pending = json!({ "trigger": { "once": later }, "target": { "action": "export", "export_index": "users", "export_format": "csv" } });
+
+    // (method, path template, rank needed; {id} is filled per case)
+    let routes: &[(&str, &str, u8)] = &[
+        ("GET", "/tasks", 1),
+        ("GET", "/tasks/{done}", 1),
+        ("GET", "/tasks/{done}/download_url", 1),
+        ("GET", "/tasks/{done}/events", 1),
+        ("POST", "/tasks", 2),
+        ("PUT", "/tasks/{pending}", 2),
+        ("POST", "/tasks/{pending}/execute", 2),
+        ("POST", "/tasks/{pending}/cancel", 2),
+        ("POST", "/uploads", 2),
+        ("DELETE", "/tasks/{pending}", 3),
+    ];
+    for &(method, template, needed) in routes {
+        for foreign_tenant in [false, true] {
+            // The listing and creation routes have no task of another tenant.
+            if foreign_tenant && !template.contains('{') {
+                continue;
+            }
+            for (name, token, chain, rank) in &creds {
+                let owner = if foreign_tenant { &foreign } else { &own };
+                let pending_id = s.create(&owner.key, pending.clone()).await["id"]
+                    .as_i64()
+                    .unwrap();
+                let done_id = if foreign_tenant {
+                    foreign_done
+                } else {
+                    own_done
+                };
+                let path = template
+                    .replace("{done}", &done_id.to_string())
+                    .replace("{pending}", &pending_id.to_string());
+                let mut req = s
+                    .http
+                    .request(method.parse().unwrap(), format!("{}{path}", s.url))
+                    .bearer_auth(token);
+                if let Some(c) = chain {
+                    req = req.header("X-Chain-Id", c.to_string());
+                }
+                req = match (method, template) {
+                    ("POST", "/uploads") => {
+                        req.header("content-type", "text/csv").body("user_id\nu1\n")
+                    }
+                    ("POST", "/tasks") => req.json(&pending),
+                    ("PUT", _) => req.json(&pending),
+                    _ => req,
+                };
+                let status = req.send().await.unwrap().status().as_u16();
+                let expected: &[u16] = if *rank < needed {
+                    &[403]
+                } else if foreign_tenant {
+                    &[404]
+                } else {
+                    &[200, 201, 204]
+                };
+                assert!(
+                    expected.contains(&status),
+                    "{name} {method} {path} (foreign: {foreign_tenant}): {status}, expected {expected:?}"
+                );
+            }
+        }
+    }
+    // A user naming a tenant it is not a member of: 404; naming none: 400.
+    let (_, manager_token) = (creds[4].2, creds[4].1.clone());
+    let r = s
+        .http
+        .get(format!("{}/tasks", s.url))
+        .bearer_auth(&manager_token)
+        .header("X-Chain-Id", foreign.id.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = s
+        .http
+        .get(format!("{}/tasks", s.url))
+        .bearer_auth(&manager_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = s
+        .http
+        .get(format!("{}/tasks?chain={}", s.url, own.id))
+        .bearer_auth(&manager_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        200,
+        "the chain query parameter names the tenant too"
+    );
+    // Bad tokens: 401 everywhere.
+    for &(method, template, _) in routes {
+        let path = template
+            .replace("{done}", &own_done.to_string())
+            .replace("{pending}", &own_done.to_string());
+        let status = s
+            .http
+            .request(method.parse().unwrap(), format!("{}{path}", s.url))
+            .bearer_auth("dtk_user_nope")
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 401, "{method} {path}");
+    }
     s.stop().await;
 }
