@@ -22,13 +22,19 @@ pub fn router() -> Router<AppState> {
         .route("/admin/tenants/{id}/members/{user_id}", put(set_member))
 }
 
-#[derive(Deserialize)]
+#[derive(utoipa::ToSchema, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CreateUser {
+pub(crate) struct CreateUser {
     name: String,
 }
 
-async fn create_user(
+#[utoipa::path(post, path = "/admin/users", tag = "admin", request_body = CreateUser,
+    responses((status = 201, body = crate::openapi::UserCreated),
+        (status = 400, body = crate::openapi::ErrorBody),
+        (status = 401, description = "not the root key", body = crate::openapi::ErrorBody),
+        (status = 404, description = "admin routes are off (no root key configured)", body = crate::openapi::ErrorBody),
+    ), security(("bearer" = [])))]
+pub(crate) async fn create_user(
     _root: Root,
     State(state): State<AppState>,
     JsonBody(body): JsonBody<CreateUser>,
@@ -45,13 +51,20 @@ async fn create_user(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(utoipa::ToSchema, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct SetMember {
+pub(crate) struct SetMember {
     level: String,
 }
 
-async fn set_member(
+#[utoipa::path(put, path = "/admin/tenants/{id}/members/{user_id}", tag = "admin", request_body = SetMember,
+    params(("id" = i64, Path), ("user_id" = i64, Path)),
+    responses((status = 200, body = crate::openapi::Membership),
+        (status = 400, body = crate::openapi::ErrorBody),
+        (status = 401, description = "not the root key", body = crate::openapi::ErrorBody),
+        (status = 404, description = "admin routes are off (no root key configured)", body = crate::openapi::ErrorBody),
+    ), security(("bearer" = [])))]
+pub(crate) async fn set_member(
     _root: Root,
     State(state): State<AppState>,
     Path((tenant, user)): Path<(String, String)>,
@@ -84,9 +97,9 @@ async fn set_member(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(utoipa::ToSchema, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CreateTenant {
+pub(crate) struct CreateTenant {
     name: String,
     #[serde(default)]
     timezone: Option<String>,
@@ -94,7 +107,13 @@ struct CreateTenant {
     concurrency: Option<i64>,
 }
 
-async fn create_tenant(
+#[utoipa::path(post, path = "/admin/tenants", tag = "admin", request_body = CreateTenant,
+    responses((status = 201, body = crate::openapi::TenantCreated),
+        (status = 400, body = crate::openapi::ErrorBody),
+        (status = 401, description = "not the root key", body = crate::openapi::ErrorBody),
+        (status = 404, description = "admin routes are off (no root key configured)", body = crate::openapi::ErrorBody),
+    ), security(("bearer" = [])))]
+pub(crate) async fn create_tenant(
     _root: Root,
     State(state): State<AppState>,
     JsonBody(body): JsonBody<CreateTenant>,

@@ -70,7 +70,14 @@ pub fn router() -> Router<AppState> {
         .route("/downloads/{tenant}/{task}/{fence}/{name}", get(download))
 }
 
-async fn download_url(
+#[utoipa::path(get, path = "/tasks/{id}/download_url", tag = "files", params(("id" = i64, Path)),
+    responses((status = 200, body = crate::openapi::DownloadUrl),
+        (status = 400, description = "a field is wrong; the message names it", body = crate::openapi::ErrorBody),
+        (status = 401, description = "missing or invalid credentials", body = crate::openapi::ErrorBody),
+        (status = 404, description = "no such task in this tenant", body = crate::openapi::ErrorBody),
+        (status = 409, description = "the task has no result file", body = crate::openapi::ErrorBody),
+    ), security(("bearer" = [])))]
+pub(crate) async fn download_url(
     caller: Caller,
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -109,7 +116,7 @@ async fn download_url(
 }
 
 #[derive(Deserialize)]
-struct SignedParams {
+pub(crate) struct SignedParams {
     expires: Option<String>,
     signature: Option<String>,
 }
@@ -120,7 +127,16 @@ fn forbidden() -> ApiError {
     )
 }
 
-async fn download(
+#[utoipa::path(get, path = "/downloads/{tenant}/{task}/{fence}/{name}", tag = "files",
+    params(("tenant" = i64, Path), ("task" = i64, Path), ("fence" = i64, Path), ("name" = String, Path),
+        ("expires" = i64, Query), ("signature" = String, Query), ("Range" = Option<String>, Header)),
+    responses((status = 200, description = "the file", content_type = "application/octet-stream", body = String),
+        (status = 206, description = "the requested range", content_type = "application/octet-stream", body = String),
+        (status = 403, description = "tampered or expired link", body = crate::openapi::ErrorBody),
+        (status = 404, description = "the result no longer exists", body = crate::openapi::ErrorBody),
+        (status = 416, description = "range not satisfiable", body = crate::openapi::ErrorBody),
+    ))]
+pub(crate) async fn download(
     State(state): State<AppState>,
     Path((tenant, task, fence, name)): Path<(String, String, String, String)>,
     Query(params): Query<SignedParams>,

@@ -25,7 +25,13 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/tasks/{id}/events", get(events))
 }
 
-async fn events(
+#[utoipa::path(get, path = "/tasks/{id}/events", tag = "tasks", params(("id" = i64, Path)),
+    responses((status = 200, description = "server-sent events: `task` events carrying the task, ending after a finished state", content_type = "text/event-stream", body = String),
+        (status = 400, description = "a field is wrong; the message names it", body = crate::openapi::ErrorBody),
+        (status = 401, description = "missing or invalid credentials", body = crate::openapi::ErrorBody),
+        (status = 404, description = "no such task in this tenant", body = crate::openapi::ErrorBody),
+    ), security(("bearer" = [])))]
+pub(crate) async fn events(
     caller: Caller,
     State(state): State<AppState>,
     Path(id): Path<String>,

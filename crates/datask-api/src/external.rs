@@ -44,7 +44,7 @@ pub fn router() -> Router<AppState> {
 }
 
 /// An `ApiError` in this dialect's envelope.
-struct Envelope(ApiError);
+pub(crate) struct Envelope(ApiError);
 
 impl From<ApiError> for Envelope {
     fn from(e: ApiError) -> Self {
@@ -340,7 +340,15 @@ fn task_view(task: &Task, select: Option<&[String]>, now: Timestamp) -> Value {
     Value::Object(names.iter().map(|n| (n.clone(), get(n))).collect())
 }
 
-async fn list(State(state): State<AppState>, bytes: Bytes) -> Result<Response, Envelope> {
+#[utoipa::path(post, path = "/api/external/list/task", tag = "query dialect", request_body = crate::openapi::ListTaskRequest,
+    responses((status = 200, body = crate::openapi::EnvelopeList),
+        (status = 400, description = "a field, operator, value or order term is wrong; the message names it", body = crate::openapi::EnvelopeError),
+        (status = 401, description = "missing or invalid apptoken", body = crate::openapi::EnvelopeError),
+    ))]
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    bytes: Bytes,
+) -> Result<Response, Envelope> {
     let body = body_object(&bytes)?;
     let tenant = tenant_of(&state, &body).await?;
     check_keys(
@@ -399,7 +407,16 @@ async fn list(State(state): State<AppState>, bytes: Bytes) -> Result<Response, E
     )))
 }
 
-async fn info(State(state): State<AppState>, bytes: Bytes) -> Result<Response, Envelope> {
+#[utoipa::path(post, path = "/api/external/info/task", tag = "query dialect", request_body = crate::openapi::InfoTaskRequest,
+    responses((status = 200, body = crate::openapi::EnvelopeOne),
+        (status = 400, description = "a field, operator, value or order term is wrong; the message names it", body = crate::openapi::EnvelopeError),
+        (status = 401, description = "missing or invalid apptoken", body = crate::openapi::EnvelopeError),
+        (status = 404, description = "no such task in this tenant", body = crate::openapi::EnvelopeError),
+    ))]
+pub(crate) async fn info(
+    State(state): State<AppState>,
+    bytes: Bytes,
+) -> Result<Response, Envelope> {
     let body = body_object(&bytes)?;
     let tenant = tenant_of(&state, &body).await?;
     check_keys(&body, &["apptoken", "id", "select"])?;

@@ -9,6 +9,7 @@ mod downloads;
 mod error;
 mod events;
 mod external;
+pub mod openapi;
 mod render;
 mod rest;
 mod uploads;
@@ -71,6 +72,7 @@ pub fn router(state: AppState) -> Router {
         // Uploads stream with their own, larger limit.
         .merge(uploads::router())
         .route("/healthz", get(|| async { "ok" }))
+        .route("/openapi.json", get(openapi::document))
         .route("/readyz", get(readyz))
         .fallback(
             |method: axum::http::Method, uri: axum::http::Uri| async move {
@@ -85,7 +87,8 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn readyz(
+#[utoipa::path(get, path = "/readyz", tag = "health", responses((status = 200, body = String), (status = 500, body = crate::openapi::ErrorBody)))]
+pub(crate) async fn readyz(
     axum::extract::State(state): axum::extract::State<AppState>,
 ) -> Result<&'static str, ApiError> {
     state.store.ping().await?;

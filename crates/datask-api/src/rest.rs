@@ -12,13 +12,14 @@ use datask_core::task::{NewTask, Repeat, TaskUpdate};
 use datask_core::{TaskState, Trigger};
 use jiff::Timestamp;
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use crate::AppState;
 use crate::auth::{Access, Caller};
 use crate::body::JsonBody;
 use crate::error::ApiError;
-use crate::render::task_json;
+use crate::openapi::TaskList;
+use crate::render::{TaskView, task_json, task_view};
 
 /// Every identifier of SPEC §5. Those without a handler yet are refused with
 /// a message that says so, rather than as unknown.
@@ -55,9 +56,9 @@ pub fn router() -> Router<AppState> {
         .route("/tasks/{id}/cancel", post(cancel))
 }
 
-#[derive(Deserialize)]
+#[derive(utoipa::ToSchema, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct TaskInput {
+pub(crate) struct TaskInput {
     #[serde(default)]
     identifier: Option<String>,
     #[serde(default)]
@@ -65,6 +66,7 @@ struct TaskInput {
     #[serde(default)]
     trigger: Option<TriggerInput>,
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     target: Option<Map<String, Value>>,
     #[serde(default)]
     max_attempts: Option<i64>,
@@ -73,9 +75,9 @@ struct TaskInput {
     version: Option<i64>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(utoipa::ToSchema, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-struct TriggerInput {
+pub(crate) struct TriggerInput {
     #[serde(default)]
     once: Option<String>,
     #[serde(default)]
@@ -83,8 +85,10 @@ struct TriggerInput {
     #[serde(default)]
     timezone: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     segment: Option<Value>,
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     segment_id: Option<Value>,
 }
 
@@ -264,7 +268,18 @@ async fn resolve(
     })
 }
 
-async fn create(
+#[utoipa::path(post, path = "/tasks", tag = "tasks", request_body = TaskInput,
+    params(("Idempotency-Key" = Option<String>, Header, description = "a repeated key returns the first task (200)")),
+    responses(
+        (status = 201, description = "created", body = TaskView),
+        (status = 200, description = "the first task of this Idempotency-Key", body = TaskView),
+        (status = 400, description = "a field is wrong; the message names it", body = crate::openapi::ErrorBody),
+        (status = 401, description = "missing or invalid credentials", body = crate::openapi::ErrorBody),
+        (status = 403, description = "the credential may not create", body = crate::openapi::ErrorBody),
+        (status = 413, description = "the body is too large", body = crate::openapi::ErrorBody),
+        (status = 415, description = "not application/json", body = crate::openapi::ErrorBody),
+    ), security(("bearer" = [])))]
+pub(crate) async fn create(
     caller: Caller,
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -324,11 +339,25 @@ async fn create(
     Ok((status, Json(task_json(&inserted.task, now))))
 }
 
-async fn list(
+#[utoipa::path(get, path = "/tasks", tag = "tasks",
+    params(
+        ("state" = Option<String>, Query, description = "READY, INPROGRESS, DONE, ERROR, FATAL or CANCELLED"),
+        ("identifier" = Option<String>, Query),
+        ("created_after" = Option<String>, Query, description = "ISO 8601"),
+        ("created_before" = Option<String>, Query, description = "ISO 8601"),
+        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
+        ("limit" = Option<i64>, Query, description = "1 to 500, default 50"),
+        ("chain" = Option<i64>, Query, description = "the tenant, for an admin user"),
+    ),
+    responses((status = 200, description = "newest first", body = TaskList),
+        (status = 400, description = "a field is wrong; the message names it", body = crate::openapi::ErrorBody),
+        (status = 401, description = "missing or invalid credentials", body = crate::openapi::ErrorBody),
+    ), security(("bearer" = [])))]
+pub(crate) async fn list(
     caller: Caller,
     State(state): State<AppState>,
     Query(params): Query<HashMap<String, String>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TaskList>, ApiError> {
     let utc = jiff::tz::TimeZone::UTC;
     let mut filter = TaskFilter {
         limit: LIST_LIMIT_DEFAULT,
@@ -365,13 +394,21 @@ async fn list(
     let next_cursor = (tasks.len() as i64 == filter.limit)
         .then(|| tasks.last().map(|t| t.id.to_string()))
         .flatten();
-    Ok(Json(json!({
-        "tasks": tasks.iter().map(|t| task_json(t, now)).collect::<Vec<_>>(),
-        "next_cursor": next_cursor,
-    })))
+    Ok(Json(TaskList {
+        tasks: tasks.iter().map(|t| task_view(t, now)).collect(),
+        next_cursor,
+    }))
 }
 
-async fn read(
+#[utoipa::path(get, path = "/tasks/{id}", tag = "tasks", params(("id" = i64, Path)),
+    responses((status = 200, body = TaskView),
+        (status = 400, description = "a field is wrong; the message names it", body = crate::openapi::ErrorBody),
+        (status = 401, description = "missing or invalid credentials", body = crate::openapi::ErrorBody),
+        (status = 403, description = "the credential may not do this", body = crate::openapi::ErrorBody),
+        (status = 404, description = "no such task in this tenant", body = crate::openapi::ErrorBody),
+        
+    ), security(("bearer" = [])))]
+pub(crate) async fn read(
     caller: Caller,
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -385,7 +422,15 @@ async fn read(
     Ok(Json(task_json(&task, Timestamp::now())))
 }
 
-async fn update(
+#[utoipa::path(put, path = "/tasks/{id}", tag = "tasks", params(("id" = i64, Path)), request_body = TaskInput,
+    responses((status = 200, body = TaskView),
+        (status = 400, description = "a field is wrong; the message names it", body = crate::openapi::ErrorBody),
+        (status = 401, description = "missing or invalid credentials", body = crate::openapi::ErrorBody),
+        (status = 403, description = "the credential may not update", body = crate::openapi::ErrorBody),
+        (status = 404, description = "no such task in this tenant", body = crate::openapi::ErrorBody),
+        (status = 409, description = "stale version, or the task is running", body = crate::openapi::ErrorBody),
+    ), security(("bearer" = [])))]
+pub(crate) async fn update(
     caller: Caller,
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -422,7 +467,15 @@ async fn update(
     Ok(Json(task_json(&task, now)))
 }
 
-async fn remove(
+#[utoipa::path(delete, path = "/tasks/{id}", tag = "tasks", params(("id" = i64, Path)),
+    responses((status = 204, description = "deleted"),
+        (status = 400, description = "a field is wrong; the message names it", body = crate::openapi::ErrorBody),
+        (status = 401, description = "missing or invalid credentials", body = crate::openapi::ErrorBody),
+        (status = 403, description = "needs manager access", body = crate::openapi::ErrorBody),
+        (status = 404, description = "no such task in this tenant", body = crate::openapi::ErrorBody),
+        (status = 409, description = "the task is running", body = crate::openapi::ErrorBody),
+    ), security(("bearer" = [])))]
+pub(crate) async fn remove(
     caller: Caller,
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -437,7 +490,15 @@ async fn remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn execute(
+#[utoipa::path(post, path = "/tasks/{id}/execute", tag = "tasks", params(("id" = i64, Path)),
+    responses((status = 200, body = TaskView),
+        (status = 400, description = "a field is wrong; the message names it", body = crate::openapi::ErrorBody),
+        (status = 401, description = "missing or invalid credentials", body = crate::openapi::ErrorBody),
+        (status = 403, description = "the credential may not do this", body = crate::openapi::ErrorBody),
+        (status = 404, description = "no such task in this tenant", body = crate::openapi::ErrorBody),
+        (status = 409, description = "the task is running", body = crate::openapi::ErrorBody),
+    ), security(("bearer" = [])))]
+pub(crate) async fn execute(
     caller: Caller,
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -453,7 +514,15 @@ async fn execute(
     Ok(Json(task_json(&task, now)))
 }
 
-async fn cancel(
+#[utoipa::path(post, path = "/tasks/{id}/cancel", tag = "tasks", params(("id" = i64, Path)),
+    responses((status = 200, body = TaskView),
+        (status = 400, description = "a field is wrong; the message names it", body = crate::openapi::ErrorBody),
+        (status = 401, description = "missing or invalid credentials", body = crate::openapi::ErrorBody),
+        (status = 403, description = "the credential may not do this", body = crate::openapi::ErrorBody),
+        (status = 404, description = "no such task in this tenant", body = crate::openapi::ErrorBody),
+        (status = 409, description = "the task has finished", body = crate::openapi::ErrorBody),
+    ), security(("bearer" = [])))]
+pub(crate) async fn cancel(
     caller: Caller,
     State(state): State<AppState>,
     Path(id): Path<String>,

@@ -36,7 +36,17 @@ const ACCEPTED_TYPES: &[&str] = &[
     "application/octet-stream",
 ];
 
-async fn upload(
+#[utoipa::path(post, path = "/uploads", tag = "files",
+    params(("filename" = Option<String>, Query), ("chain" = Option<i64>, Query, description = "the tenant, for an admin user")),
+    request_body(content = String, content_type = "text/csv", description = "the CSV or JSON-lines file, streamed"),
+    responses((status = 201, body = crate::openapi::UploadAnswer),
+        (status = 400, description = "a field is wrong; the message names it", body = crate::openapi::ErrorBody),
+        (status = 401, description = "missing or invalid credentials", body = crate::openapi::ErrorBody),
+        (status = 403, description = "the credential may not upload", body = crate::openapi::ErrorBody),
+        (status = 413, description = "larger than the limit", body = crate::openapi::ErrorBody),
+        (status = 415, description = "not CSV or JSON lines", body = crate::openapi::ErrorBody),
+    ), security(("bearer" = [])))]
+pub(crate) async fn upload(
     caller: Caller,
     State(state): State<AppState>,
     Query(params): Query<HashMap<String, String>>,
