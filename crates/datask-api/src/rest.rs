@@ -406,7 +406,7 @@ pub(crate) async fn list(
         (status = 401, description = "missing or invalid credentials", body = crate::openapi::ErrorBody),
         (status = 403, description = "the credential may not do this", body = crate::openapi::ErrorBody),
         (status = 404, description = "no such task in this tenant", body = crate::openapi::ErrorBody),
-        
+
     ), security(("bearer" = [])))]
 pub(crate) async fn read(
     caller: Caller,
