@@ -52,3 +52,30 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         }
     })
 }
+
+/// Query parameters as name → value, with malformed strings and repeated
+/// names answered as 400s that name them (axum's own rejection is plain text).
+pub struct QueryParams(pub std::collections::HashMap<String, String>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for QueryParams {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let pairs = axum::extract::Query::<Vec<(String, String)>>::try_from_uri(&parts.uri)
+            .map_err(|e| {
+                ApiError::BadRequest(format!("the query string is malformed: {}", e.body_text()))
+            })?
+            .0;
+        let mut map = std::collections::HashMap::with_capacity(pairs.len());
+        for (name, value) in pairs {
+            if map.contains_key(&name) {
+                return Err(ApiError::invalid(name, "appears more than once"));
+            }
+            map.insert(name, value);
+        }
+        Ok(QueryParams(map))
+    }
+}

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -11,12 +11,12 @@ use axum::{Json, Router};
 use datask_engine::FileStore;
 use hmac::{Hmac, Mac};
 use jiff::Timestamp;
-use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::Sha256;
 
 use crate::AppState;
 use crate::auth::Caller;
+use crate::body::QueryParams;
 use crate::error::ApiError;
 use crate::rest::not_found;
 
@@ -115,12 +115,6 @@ pub(crate) async fn download_url(
     Ok(Json(json!({ "url": url, "expires_at": expires_at })))
 }
 
-#[derive(Deserialize)]
-pub(crate) struct SignedParams {
-    expires: Option<String>,
-    signature: Option<String>,
-}
-
 fn forbidden() -> ApiError {
     ApiError::Forbidden(
         "the download link is invalid or has expired; ask for a new one with download_url".into(),
@@ -139,7 +133,7 @@ fn forbidden() -> ApiError {
 pub(crate) async fn download(
     State(state): State<AppState>,
     Path((tenant, task, fence, name)): Path<(String, String, String, String)>,
-    Query(params): Query<SignedParams>,
+    query: Result<QueryParams, ApiError>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let (Ok(tenant), Ok(task), Ok(fence)) = (
@@ -149,12 +143,14 @@ pub(crate) async fn download(
     ) else {
         return Err(forbidden());
     };
-    let (Some(expires), Some(signature)) = (params.expires, params.signature) else {
+    // Any malformed link is simply not a valid one.
+    let QueryParams(params) = query.map_err(|_| forbidden())?;
+    let (Some(expires), Some(signature)) = (params.get("expires"), params.get("signature")) else {
         return Err(forbidden());
     };
     let expires: i64 = expires.parse().map_err(|_| forbidden())?;
     let key = FileStore::result_key(tenant, task, fence, &name);
-    if !state.signer.verify(tenant, task, &key, expires, &signature)
+    if !state.signer.verify(tenant, task, &key, expires, signature)
         || Timestamp::now().as_second() > expires
     {
         return Err(forbidden());

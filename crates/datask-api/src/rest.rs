@@ -1,8 +1,6 @@
 //! The REST task API (second seed): `/tasks` and its actions.
 
-use std::collections::HashMap;
-
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -16,7 +14,7 @@ use serde_json::{Map, Value};
 
 use crate::AppState;
 use crate::auth::{Access, Caller};
-use crate::body::JsonBody;
+use crate::body::{JsonBody, QueryParams};
 use crate::error::ApiError;
 use crate::openapi::TaskList;
 use crate::render::{TaskView, task_json, task_view};
@@ -356,7 +354,7 @@ pub(crate) async fn create(
 pub(crate) async fn list(
     caller: Caller,
     State(state): State<AppState>,
-    Query(params): Query<HashMap<String, String>>,
+    QueryParams(params): QueryParams,
 ) -> Result<Json<TaskList>, ApiError> {
     let utc = jiff::tz::TimeZone::UTC;
     let mut filter = TaskFilter {

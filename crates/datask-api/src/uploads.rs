@@ -2,7 +2,7 @@
 //! hashed and measured; it is registered only once complete.
 
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::{Json, Router};
@@ -11,11 +11,11 @@ use datask_engine::FileStore;
 use futures::StreamExt;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
 use tokio::io::AsyncWriteExt;
 
 use crate::AppState;
 use crate::auth::{Access, Caller};
+use crate::body::QueryParams;
 use crate::error::ApiError;
 
 pub fn router() -> Router<AppState> {
@@ -49,7 +49,7 @@ const ACCEPTED_TYPES: &[&str] = &[
 pub(crate) async fn upload(
     caller: Caller,
     State(state): State<AppState>,
-    Query(params): Query<HashMap<String, String>>,
+    QueryParams(params): QueryParams,
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {

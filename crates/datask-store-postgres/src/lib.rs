@@ -10,7 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use datask_core::store::{StoreError, StoreResult};
-use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
+use std::str::FromStr;
+
+use sqlx::ConnectOptions;
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use tokio::sync::Notify;
 
 /// The channel every node listens on for new due work.
@@ -28,10 +31,15 @@ pub(crate) fn backend(e: sqlx::Error) -> StoreError {
 
 impl PgStore {
     pub async fn connect(url: &str) -> StoreResult<Self> {
+        // Exports are single long streaming statements; sqlx's slow-statement
+        // warnings would flag every one of them.
+        let options = PgConnectOptions::from_str(url)
+            .map_err(backend)?
+            .disable_statement_logging();
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(10))
-            .connect(url)
+            .connect_with(options)
             .await
             .map_err(backend)?;
         let work = Arc::new(Notify::new());

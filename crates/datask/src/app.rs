@@ -23,7 +23,13 @@ pub struct StoreOptions {
 }
 
 pub async fn open_store(opts: &StoreOptions) -> anyhow::Result<Arc<dyn Store>> {
-    match &opts.database_url {
+    // An empty DATASK_DATABASE_URL means "not set", not a nameless SQLite file.
+    match opts
+        .database_url
+        .as_deref()
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+    {
         Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
             let store = PgStore::connect(url)
                 .await
