@@ -1,13 +1,13 @@
 # Sourced by scripts/test: schemathesis against a real server on each store,
-# from the server's own /openapi.json. Sets FUZZ_PASSED and FUZZ_FAILED.
+# from the server's own /openapi.json. Counts its runs in EXTRA_PASSED and EXTRA_FAILED.
 
 if ! command -v schemathesis >/dev/null; then
   echo "installing schemathesis…"
   python3 -m pip install -q --disable-pip-version-check schemathesis >/dev/null 2>&1 || python3 -m pip install -q schemathesis
 fi
 
-FUZZ_PASSED=0
-FUZZ_FAILED=0
+EXTRA_PASSED=0
+EXTRA_FAILED=0
 
 # $1: a label; $2: a database URL (empty for SQLite).
 fuzz_one() {
@@ -40,7 +40,7 @@ PY
   set -e
   kill "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
-  if [ "$rc" -eq 0 ]; then FUZZ_PASSED=$((FUZZ_PASSED + 1)); else FUZZ_FAILED=$((FUZZ_FAILED + 1)); fi
+  if [ "$rc" -eq 0 ]; then EXTRA_PASSED=$((EXTRA_PASSED + 1)); else EXTRA_FAILED=$((EXTRA_FAILED + 1)); fi
 }
 
 fuzz_one SQLite ""
