@@ -12,6 +12,7 @@ mod external;
 pub mod openapi;
 mod render;
 mod rest;
+mod settings;
 mod uploads;
 
 use std::sync::Arc;
@@ -68,6 +69,7 @@ pub fn router(state: AppState) -> Router {
         .merge(downloads::router())
         .merge(events::router())
         .merge(external::router())
+        .merge(settings::router())
         .layer(DefaultBodyLimit::max(json_limit))
         // Uploads stream with their own, larger limit.
         .merge(uploads::router())

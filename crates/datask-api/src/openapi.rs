@@ -151,6 +151,7 @@ impl Modify for Bearer {
         crate::uploads::upload, crate::downloads::download_url, crate::downloads::download,
         crate::external::list, crate::external::info,
         crate::admin::create_tenant, crate::admin::create_user, crate::admin::set_member,
+        crate::settings::read, crate::settings::update,
         crate::readyz,
     ),
     modifiers(&Bearer)
@@ -200,6 +201,7 @@ mod tests {
             "/admin/users",
             "/admin/tenants/{id}/members/{user_id}",
             "/readyz",
+            "/settings",
         ] {
             assert!(
                 paths.iter().any(|x| x.as_str() == p),

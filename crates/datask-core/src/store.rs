@@ -287,6 +287,16 @@ pub trait Store: Send + Sync + 'static {
     // ----- tenants and credentials -----
     async fn create_tenant(&self, new: NewTenant) -> StoreResult<Tenant>;
     async fn tenant(&self, id: TenantId) -> StoreResult<Option<Tenant>>;
+    async fn profile_settings(
+        &self,
+        tenant: TenantId,
+    ) -> StoreResult<crate::settings::ProfileSettings>;
+    /// Replaces name, time zone, concurrency and profile settings at once.
+    async fn update_tenant(
+        &self,
+        tenant: Tenant,
+        settings: crate::settings::ProfileSettings,
+    ) -> StoreResult<()>;
     async fn add_credential(&self, cred: Credential) -> StoreResult<()>;
     async fn credential_by_hash(&self, secret_sha256: &str) -> StoreResult<Option<Credential>>;
     async fn create_user(&self, name: &str, token_sha256: &str) -> StoreResult<User>;

@@ -5,6 +5,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use datask_core::index::IndexDef;
 use datask_core::query::{Param, TaskQuery};
+use datask_core::settings::ProfileSettings;
 use datask_core::store::*;
 use datask_core::task::{LogEntry, NewTask, Task, TaskUpdate};
 use datask_core::{TaskId, TaskState, TenantId};
@@ -187,6 +188,38 @@ impl Store for PgStore {
         })
         .transpose()
         .map_err(backend)
+    }
+
+    async fn profile_settings(&self, tenant: TenantId) -> StoreResult<ProfileSettings> {
+        let row: Option<(Option<J<Json>>,)> =
+            sqlx::query_as("SELECT settings FROM tenants WHERE id = $1")
+                .bind(tenant)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(backend)?;
+        match row {
+            None => Err(StoreError::NotFound),
+            Some((None,)) => Ok(ProfileSettings::default()),
+            Some((Some(j),)) => decode(j.0).map_err(backend),
+        }
+    }
+
+    async fn update_tenant(&self, tenant: Tenant, settings: ProfileSettings) -> StoreResult<()> {
+        let n = sqlx::query("UPDATE tenants SET name = $2, timezone = $3, concurrency = $4, settings = $5 WHERE id = $1")
+            .bind(tenant.id)
+            .bind(&tenant.name)
+            .bind(&tenant.timezone)
+            .bind(tenant.concurrency)
+            .bind(to_json(&settings))
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?
+            .rows_affected();
+        if n == 0 {
+            Err(StoreError::NotFound)
+        } else {
+            Ok(())
+        }
     }
 
     async fn add_credential(&self, cred: Credential) -> StoreResult<()> {

@@ -20,6 +20,10 @@ use tokio::sync::Notify;
 const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_init", include_str!("../migrations/0001_init.sql")),
     ("0002_users", include_str!("../migrations/0002_users.sql")),
+    (
+        "0003_settings",
+        include_str!("../migrations/0003_settings.sql"),
+    ),
 ];
 const READERS: usize = 4;
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use datask_core::index::IndexDef;
 use datask_core::query::{Param, TaskQuery};
+use datask_core::settings::ProfileSettings;
 use datask_core::store::*;
 use datask_core::task::{LogEntry, NewTask, Task, TaskUpdate};
 use datask_core::{TaskId, TaskState, TenantId};
@@ -161,6 +162,32 @@ impl Store for SqliteStore {
                 })
             })
             .optional()?)
+        })
+        .await
+    }
+
+    async fn profile_settings(&self, tenant: TenantId) -> StoreResult<ProfileSettings> {
+        self.read(move |c| {
+            let text: Option<Option<String>> = c
+                .prepare_cached("SELECT settings FROM tenants WHERE id = ?1")?
+                .query_row([tenant], |r| r.get(0))
+                .optional()?;
+            match text {
+                None => Err(StoreError::NotFound.into()),
+                Some(None) => Ok(ProfileSettings::default()),
+                Some(Some(t)) => Ok(serde_json::from_str(&t)?),
+            }
+        })
+        .await
+    }
+
+    async fn update_tenant(&self, tenant: Tenant, settings: ProfileSettings) -> StoreResult<()> {
+        self.write(move |c| {
+            let n = c.execute(
+                "UPDATE tenants SET name = ?2, timezone = ?3, concurrency = ?4, settings = ?5 WHERE id = ?1",
+                params![tenant.id, tenant.name, tenant.timezone, tenant.concurrency, serde_json::to_string(&settings)?],
+            )?;
+            if n == 0 { Err(StoreError::NotFound.into()) } else { Ok(()) }
         })
         .await
     }

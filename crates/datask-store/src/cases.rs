@@ -1007,7 +1007,9 @@ pub async fn export_every_type_in_key_order(s: S) {
             .enumerate()
             .map(|(i, col)| match (i, col.ty) {
                 (0, _) => Value::Text("k2".into()),
-                (_, index::ColumnType::Text) => Value::Text(format!("{} é, \"quoted\"\ttab\\\\back\nline\r", col.name)),
+                (_, index::ColumnType::Text) => {
+                    Value::Text(format!("{} é, \"quoted\"\ttab\\\\back\nline\r", col.name))
+                }
                 (_, index::ColumnType::Integer) => Value::Integer(-42),
                 (_, index::ColumnType::Number) => Value::Number(12.25),
                 (_, index::ColumnType::Boolean) => Value::Boolean(true),

@@ -26,6 +26,7 @@ on_both_stores!(
     query_dialect_of_the_first_seed,
     query_dialect_refuses_what_is_not_on_its_lists,
     access_matrix,
+    tenant_settings,
 );
 
 /// Reads a CSV into rows of cells, numbers normalised so `3.50` equals `3.5`.
@@ -1228,6 +1229,8 @@ async fn access_matrix(b: Backend) {
         ("POST", "/tasks/{pending}/cancel", 2),
         ("POST", "/uploads", 2),
         ("DELETE", "/tasks/{pending}", 3),
+        ("GET", "/settings", 1),
+        ("PUT", "/settings", 3),
     ];
     for &(method, template, needed) in routes {
         for foreign_tenant in [false, true] {
@@ -1260,6 +1263,7 @@ async fn access_matrix(b: Backend) {
                         req.header("content-type", "text/csv").body("user_id\nu1\n")
                     }
                     ("POST", "/tasks") => req.json(&pending),
+                    ("PUT", "/settings") => req.json(&json!({ "concurrency": 4 })),
                     ("PUT", _) => req.json(&pending),
                     _ => req,
                 };
@@ -1323,6 +1327,106 @@ async fn access_matrix(b: Backend) {
             .unwrap()
             .status();
         assert_eq!(status, 401, "{method} {path}");
+    }
+    s.stop().await;
+}
+
+async fn tenant_settings(b: Backend) {
+    let s = start(b).await;
+    let t = s.tenant("shop").await;
+    let (status, got) = s.call("GET", "/settings", &t.key, None).await;
+    assert_eq!(status, 200, "{got}");
+    assert_eq!(
+        got,
+        json!({ "id": t.id, "name": "shop", "timezone": "UTC", "concurrency": 4,
+                             "identifier_column": "user_id", "retention": null, "attributes": [] })
+    );
+    let change = json!({
+        "timezone": "Europe/Amsterdam",
+        "identifier_column": "email",
+        "retention": { "delete_inactive_after_days": 365 },
+        "attributes": [{ "name": "ltv", "type": "number" }, { "name": "firstname", "type": "string", "enabled": false, "pii": true }]
+    });
+    let (status, got) = s.call("PUT", "/settings", &t.key, Some(change)).await;
+    assert_eq!(status, 200, "{got}");
+    assert_eq!(
+        (
+            got["name"].as_str(),
+            got["timezone"].as_str(),
+            got["identifier_column"].as_str()
+        ),
+        (Some("shop"), Some("Europe/Amsterdam"), Some("email"))
+    );
+    assert_eq!(
+        got["attributes"][0],
+        json!({ "name": "ltv", "type": "number", "enabled": true, "pii": false })
+    );
+    assert_eq!(got["attributes"][1]["enabled"], false);
+    // Absent fields stay; null clears the retention policy.
+    let (_, got) = s
+        .call(
+            "PUT",
+            "/settings",
+            &t.key,
+            Some(json!({ "retention": null, "concurrency": 2 })),
+        )
+        .await;
+    assert_eq!(
+        (
+            got["retention"].clone(),
+            got["concurrency"].as_i64(),
+            got["attributes"].as_array().unwrap().len()
+        ),
+        (json!(null), Some(2), 2)
+    );
+    let (_, again) = s.call("GET", "/settings", &t.key, None).await;
+    assert_eq!(again, got);
+    // The tenant's time zone is the default of its repeating tasks.
+    let task = s.create(&t.key, json!({ "trigger": { "once": "2030-01-01T09:00:00", "repeat": "daily" },
+                                        "target": { "action": "export", "export_index": "users", "export_format": "csv" } })).await;
+    assert_eq!(
+        task["trigger"]["once"], "2030-01-01T08:00:00Z",
+        "09:00 in Amsterdam"
+    );
+    for (body, field) in [
+        (json!({ "timezone": "Mars/Base" }), "timezone"),
+        (json!({ "concurrency": 0 }), "concurrency"),
+        (
+            json!({ "identifier_column": "first_name" }),
+            "identifier_column",
+        ),
+        (
+            json!({ "retention": { "delete_inactive_after_days": 0 } }),
+            "retention.delete_inactive_after_days",
+        ),
+        (json!({ "retention": { "days": 3 } }), "retention"),
+        (
+            json!({ "attributes": [{ "name": "LTV", "type": "number" }] }),
+            "attributes[0].name",
+        ),
+        (
+            json!({ "attributes": [{ "name": "email", "type": "string" }] }),
+            "attributes[0].name",
+        ),
+        (
+            json!({ "attributes": [{ "name": "a", "type": "string" }, { "name": "a", "type": "date" }] }),
+            "attributes[1].name",
+        ),
+        (
+            json!({ "attributes": [{ "name": "a", "type": "colour" }] }),
+            "attributes[0].type",
+        ),
+        (json!({ "owner": "me" }), "owner"),
+    ] {
+        let (status, resp) = s.call("PUT", "/settings", &t.key, Some(body.clone())).await;
+        assert_eq!(status, 400, "{body}: {resp}");
+        assert!(
+            resp["error"]["field"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with(field),
+            "{body}: {resp}"
+        );
     }
     s.stop().await;
 }

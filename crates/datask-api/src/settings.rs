@@ -1,0 +1,197 @@
+//! `GET|PUT /settings`: the calling tenant's settings. `PUT` changes the
+//! fields it is given and keeps the others.
+
+use std::collections::HashSet;
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use datask_core::index::USERS;
+use datask_core::schedule::time_zone;
+use datask_core::settings::{Attribute, IDENTIFIER_COLUMNS, ProfileSettings, Retention};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::AppState;
+use crate::auth::{Access, Caller};
+use crate::body::JsonBody;
+use crate::error::ApiError;
+
+const MAX_ATTRIBUTES: usize = 500;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/settings", get(read).put(update))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct SettingsView {
+    pub id: i64,
+    pub name: String,
+    pub timezone: String,
+    pub concurrency: i64,
+    /// user_id, email or mobile_number.
+    pub identifier_column: String,
+    #[schema(value_type = Option<Object>)]
+    pub retention: Option<Retention>,
+    #[schema(value_type = Vec<Object>)]
+    pub attributes: Vec<Attribute>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SettingsInput {
+    name: Option<String>,
+    timezone: Option<String>,
+    concurrency: Option<i64>,
+    identifier_column: Option<String>,
+    /// `{"delete_inactive_after_days": N}`, or null for none.
+    #[serde(default, deserialize_with = "some_or_null")]
+    #[schema(value_type = Option<Object>)]
+    retention: Option<Option<Retention>>,
+    /// `[{"name", "type": "string|number|boolean|date", "enabled", "pii"}]`
+    #[schema(value_type = Option<Vec<Object>>)]
+    attributes: Option<Vec<Attribute>>,
+}
+
+/// Tells "absent" (keep) from `null` (clear).
+fn some_or_null<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<Retention>>, D::Error> {
+    Ok(Some(Option::deserialize(d)?))
+}
+
+async fn view(state: &AppState, tenant: i64) -> Result<SettingsView, ApiError> {
+    let t = state
+        .store
+        .tenant(tenant)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("tenant not found".into()))?;
+    let p = state.store.profile_settings(tenant).await?;
+    Ok(SettingsView {
+        id: t.id,
+        name: t.name,
+        timezone: t.timezone,
+        concurrency: t.concurrency,
+        identifier_column: p.identifier_column,
+        retention: p.retention,
+        attributes: p.attributes,
+    })
+}
+
+#[utoipa::path(get, path = "/settings", tag = "settings",
+    params(("chain" = Option<i64>, Query, description = "the tenant, for an admin user")),
+    responses((status = 200, body = SettingsView),
+        (status = 400, body = crate::openapi::ErrorBody),
+        (status = 401, body = crate::openapi::ErrorBody),
+        (status = 404, body = crate::openapi::ErrorBody),
+    ), security(("bearer" = [])))]
+pub(crate) async fn read(
+    caller: Caller,
+    State(state): State<AppState>,
+) -> Result<Json<SettingsView>, ApiError> {
+    caller.require(Access::Viewer)?;
+    Ok(Json(view(&state, caller.tenant_id).await?))
+}
+
+#[utoipa::path(put, path = "/settings", tag = "settings", request_body = SettingsInput,
+    params(("chain" = Option<i64>, Query, description = "the tenant, for an admin user")),
+    responses((status = 200, body = SettingsView),
+        (status = 400, description = "a field is wrong; the message names it", body = crate::openapi::ErrorBody),
+        (status = 401, body = crate::openapi::ErrorBody),
+        (status = 403, description = "needs manager access", body = crate::openapi::ErrorBody),
+        (status = 404, body = crate::openapi::ErrorBody),
+    ), security(("bearer" = [])))]
+pub(crate) async fn update(
+    caller: Caller,
+    State(state): State<AppState>,
+    JsonBody(input): JsonBody<SettingsInput>,
+) -> Result<Json<SettingsView>, ApiError> {
+    caller.require(Access::Manager)?;
+    let mut tenant = state
+        .store
+        .tenant(caller.tenant_id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("tenant not found".into()))?;
+    let mut profile: ProfileSettings = state.store.profile_settings(caller.tenant_id).await?;
+    if let Some(name) = input.name {
+        let name = name.trim().to_string();
+        if name.is_empty() || name.len() > 200 {
+            return Err(ApiError::invalid("name", "must be 1 to 200 characters"));
+        }
+        tenant.name = name;
+    }
+    if let Some(tz) = input.timezone {
+        time_zone(&tz).map_err(|e| ApiError::invalid("timezone", e.to_string()))?;
+        tenant.timezone = tz;
+    }
+    if let Some(c) = input.concurrency {
+        if !(1..=1000).contains(&c) {
+            return Err(ApiError::invalid(
+                "concurrency",
+                format!("{c} is not between 1 and 1000"),
+            ));
+        }
+        tenant.concurrency = c;
+    }
+    if let Some(col) = input.identifier_column {
+        if !IDENTIFIER_COLUMNS.contains(&col.as_str()) {
+            return Err(ApiError::invalid(
+                "identifier_column",
+                format!("'{col}' is not one of {}", IDENTIFIER_COLUMNS.join(", ")),
+            ));
+        }
+        profile.identifier_column = col;
+    }
+    if let Some(retention) = input.retention {
+        if let Some(r) = &retention
+            && !(1..=36_500).contains(&r.delete_inactive_after_days)
+        {
+            return Err(ApiError::invalid(
+                "retention.delete_inactive_after_days",
+                "must be between 1 and 36500",
+            ));
+        }
+        profile.retention = retention;
+    }
+    if let Some(attributes) = input.attributes {
+        if attributes.len() > MAX_ATTRIBUTES {
+            return Err(ApiError::invalid(
+                "attributes",
+                format!("at most {MAX_ATTRIBUTES} attributes"),
+            ));
+        }
+        let mut seen = HashSet::new();
+        for (i, a) in attributes.iter().enumerate() {
+            let field = format!("attributes[{i}].name");
+            let valid = a.name.len() <= 63
+                && a.name.starts_with(|c: char| c.is_ascii_lowercase())
+                && a.name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            if !valid {
+                return Err(ApiError::invalid(
+                    field,
+                    format!(
+                        "'{}' must start with a-z and hold only a-z, 0-9 and _ (at most 63)",
+                        a.name
+                    ),
+                ));
+            }
+            if USERS.column(&a.name).is_some() {
+                return Err(ApiError::invalid(
+                    field,
+                    format!("'{}' is a standard profile field", a.name),
+                ));
+            }
+            if !seen.insert(a.name.as_str()) {
+                return Err(ApiError::invalid(
+                    field,
+                    format!("'{}' appears more than once", a.name),
+                ));
+            }
+        }
+        profile.attributes = attributes;
+    }
+    state.store.update_tenant(tenant, profile).await?;
+    Ok(Json(view(&state, caller.tenant_id).await?))
+}

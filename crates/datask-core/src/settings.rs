@@ -1,0 +1,60 @@
+//! A tenant's settings: its profile attribute schema, the column that
+//! identifies a profile, its retention policy, time zone and concurrency.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttributeType {
+    String,
+    Number,
+    Boolean,
+    Date,
+}
+
+/// A custom profile attribute. One known but not `enabled` is refused by
+/// imports with the first seed's "is not set to be a profile attribute".
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Attribute {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub ty: AttributeType,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Erased by personal-data deletions.
+    #[serde(default)]
+    pub pii: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retention {
+    /// Profiles inactive for longer are deleted by `cleanup_users`.
+    pub delete_inactive_after_days: i64,
+}
+
+/// The settings kept beside a tenant's name, time zone and concurrency.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProfileSettings {
+    pub identifier_column: String,
+    pub retention: Option<Retention>,
+    pub attributes: Vec<Attribute>,
+}
+
+impl Default for ProfileSettings {
+    fn default() -> Self {
+        ProfileSettings {
+            identifier_column: "user_id".into(),
+            retention: None,
+            attributes: Vec::new(),
+        }
+    }
+}
+
+/// Columns that may identify a profile.
+pub const IDENTIFIER_COLUMNS: [&str; 3] = ["user_id", "email", "mobile_number"];
