@@ -82,11 +82,7 @@ pub(crate) async fn download_url(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let id: i64 = id
-        .parse()
-        .ok()
-        .filter(|i| *i > 0)
-        .ok_or_else(|| ApiError::invalid("id", format!("'{id}' is not a task id")))?;
+    let id = crate::rest::parse_path_id(&id)?;
     let task = state
         .store
         .get_task(caller.tenant_id, id)

@@ -36,11 +36,7 @@ pub(crate) async fn events(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let id: i64 = id
-        .parse()
-        .ok()
-        .filter(|i| *i > 0)
-        .ok_or_else(|| ApiError::invalid("id", format!("'{id}' is not a task id")))?;
+    let id = crate::rest::parse_path_id(&id)?;
     let first = state
         .store
         .get_task(caller.tenant_id, id)

@@ -100,7 +100,7 @@ struct Resolved {
     priority: i64,
 }
 
-fn parse_path_id(raw: &str) -> Result<i64, ApiError> {
+pub(crate) fn parse_path_id(raw: &str) -> Result<i64, ApiError> {
     raw.parse::<i64>()
         .ok()
         .filter(|id| *id > 0)
