@@ -59,6 +59,8 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     pub signer: Signer,
     pub config: Arc<ApiConfig>,
+    /// The engine of this process, when it runs one (for `/metrics`).
+    pub metrics: Option<Arc<datask_engine::EngineMetrics>>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -75,6 +77,7 @@ pub fn router(state: AppState) -> Router {
         .merge(uploads::router())
         .route("/healthz", get(|| async { "ok" }))
         .route("/openapi.json", get(openapi::document))
+        .route("/metrics", get(metrics))
         .route("/readyz", get(readyz))
         .fallback(
             |method: axum::http::Method, uri: axum::http::Uri| async move {
@@ -95,4 +98,39 @@ pub(crate) async fn readyz(
 ) -> Result<&'static str, ApiError> {
     state.store.ping().await?;
     Ok("ready")
+}
+
+/// Prometheus text: this process's engine counters and the store's backlog.
+#[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, content_type = "text/plain", body = String)))]
+pub(crate) async fn metrics(
+    axum::extract::State(state): axum::extract::State<AppState>,
+) -> Result<([(axum::http::header::HeaderName, &'static str); 1], String), ApiError> {
+    use std::fmt::Write;
+    let mut out = String::new();
+    if let Some(m) = &state.metrics {
+        m.render(&mut out);
+    }
+    let due = state.store.next_due().await?;
+    let _ = writeln!(
+        out,
+        "# HELP datask_next_due_seconds Seconds until the next READY task is due (negative: overdue)."
+    );
+    let _ = writeln!(out, "# TYPE datask_next_due_seconds gauge");
+    if let Some(due) = due {
+        let _ = writeln!(
+            out,
+            "datask_next_due_seconds {}",
+            due.as_second() - jiff::Timestamp::now().as_second()
+        );
+    }
+    let _ = writeln!(out, "# HELP datask_up 1 when the store answers.");
+    let _ = writeln!(out, "# TYPE datask_up gauge");
+    let _ = writeln!(out, "datask_up 1");
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        out,
+    ))
 }

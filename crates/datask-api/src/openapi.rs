@@ -152,7 +152,7 @@ impl Modify for Bearer {
         crate::external::list, crate::external::info,
         crate::admin::create_tenant, crate::admin::create_user, crate::admin::set_member,
         crate::settings::read, crate::settings::update,
-        crate::readyz,
+        crate::readyz, crate::metrics,
     ),
     modifiers(&Bearer)
 )]
@@ -202,6 +202,7 @@ mod tests {
             "/admin/tenants/{id}/members/{user_id}",
             "/readyz",
             "/settings",
+            "/metrics",
         ] {
             assert!(
                 paths.iter().any(|x| x.as_str() == p),

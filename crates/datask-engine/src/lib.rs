@@ -6,8 +6,10 @@
 
 pub mod files;
 pub mod handler;
+pub mod metrics;
 pub mod worker;
 
 pub use files::FileStore;
 pub use handler::{Handler, Invalid, Outcome, Registry, TaskContext, TaskError};
+pub use metrics::EngineMetrics;
 pub use worker::{Engine, EngineConfig};

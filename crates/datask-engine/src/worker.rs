@@ -20,8 +20,8 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::FileStore;
 use crate::handler::{Outcome, Registry, TaskContext, TaskError};
+use crate::{EngineMetrics, FileStore};
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -68,6 +68,7 @@ pub struct Engine {
     files: FileStore,
     registry: Arc<Registry>,
     config: EngineConfig,
+    metrics: Arc<EngineMetrics>,
 }
 
 struct Running {
@@ -88,7 +89,13 @@ impl Engine {
             files,
             registry,
             config,
+            metrics: Arc::new(EngineMetrics::default()),
         }
+    }
+
+    /// This engine's counters (shared with `/metrics`).
+    pub fn metrics(&self) -> Arc<EngineMetrics> {
+        self.metrics.clone()
     }
 
     pub fn registry(&self) -> &Arc<Registry> {
@@ -158,6 +165,7 @@ impl Engine {
             return Ok(Tick::NothingDue);
         }
         let n = claimed.len();
+        self.metrics.claimed.fetch_add(n as u64, Ordering::Relaxed);
         for c in claimed {
             let stop = CancellationToken::new();
             let release = Arc::new(AtomicBool::new(false));
@@ -168,7 +176,9 @@ impl Engine {
             let finished = finished.clone();
             running.set.spawn(async move {
                 let id = c.task.id;
+                engine.metrics.running.fetch_add(1, Ordering::Relaxed);
                 engine.run_one(c, stop, release).await;
+                engine.metrics.running.fetch_sub(1, Ordering::Relaxed);
                 finished.notify_one();
                 id
             });
@@ -267,18 +277,27 @@ impl Engine {
         heartbeat.abort();
         if lease_lost.load(Ordering::SeqCst) {
             tracing::warn!(task = id, "lease lost; the run's outcome is dropped");
+            self.metrics.lease_lost.fetch_add(1, Ordering::Relaxed);
             return;
         }
         let now = Timestamp::now();
         let recorded = match result {
             Err(TaskError::Cancelled) if release.load(Ordering::SeqCst) => {
+                self.metrics.released.fetch_add(1, Ordering::Relaxed);
                 self.store
                     .release(id, fence, vec![LogEntry::new("released at shutdown", now)])
                     .await
             }
-            Err(TaskError::LeaseLost) => Ok(()),
-            Ok(outcome) => self.finish(&task, fence, outcome, now).await,
+            Err(TaskError::LeaseLost) => {
+                self.metrics.lease_lost.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Ok(outcome) => {
+                self.metrics.finished(outcome.state());
+                self.finish(&task, fence, outcome, now).await
+            }
             Err(TaskError::Cancelled) => {
+                self.metrics.finished(TaskState::Cancelled);
                 let c = completion(
                     TaskState::Cancelled,
                     Map::new(),
@@ -299,9 +318,11 @@ impl Engine {
                     ),
                     now,
                 );
+                self.metrics.retried.fetch_add(1, Ordering::Relaxed);
                 self.store.retry_later(id, fence, at, vec![log]).await
             }
             Err(TaskError::Retryable(msg) | TaskError::Fatal(msg)) => {
+                self.metrics.finished(TaskState::Fatal);
                 let mut errors = Map::new();
                 errors.insert("task".into(), json!([msg.clone()]));
                 let reschedule = self.reschedule(&task, now).await;

@@ -94,6 +94,7 @@ pub async fn run(server: Server, shutdown: CancellationToken) -> anyhow::Result<
         registry.clone(),
         server.engine_config,
     );
+    let metrics = engine.metrics();
     let engine_task = tokio::spawn(engine.run(shutdown.clone()));
     if let Some((listener, config, key)) = server.api {
         let state = AppState {
@@ -102,6 +103,7 @@ pub async fn run(server: Server, shutdown: CancellationToken) -> anyhow::Result<
             registry,
             signer: Signer::new(&key),
             config: Arc::new(config),
+            metrics: Some(metrics),
         };
         let app = datask_api::router(state);
         let stop = shutdown.clone();

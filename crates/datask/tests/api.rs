@@ -79,6 +79,24 @@ async fn export_workflow_of_the_second_seed(b: Backend) {
         msgs,
         ["READY -> INPROGRESS", "INPROGRESS -> DONE", "success"]
     );
+    // This process's engine ran the import and the export.
+    let metrics = s
+        .http
+        .get(format!("{}/metrics", s.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("datask_tasks_claimed_total 2\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("datask_tasks_finished_total{state=\"DONE\"} 2\n"),
+        "{metrics}"
+    );
     let last = done["logs"].as_array().unwrap().last().unwrap();
     assert_eq!(
         (
