@@ -231,11 +231,22 @@ async fn resolve(
             )
         })?),
     };
-    if trigger_in.segment.as_ref().is_some_and(|s| !s.is_null()) {
-        return Err(ApiError::invalid(
-            "trigger.segment",
-            "segment filters are not available yet in this version of datask; omit it to use the whole index",
-        ));
+    let segment = trigger_in.segment.filter(|s| !s.is_null());
+    if let Some(seg) = &segment {
+        // Checked now so a mistake is a 400 naming its place, not a failed run.
+        let index = target
+            .get("export_index")
+            .and_then(Value::as_str)
+            .and_then(datask_core::index::by_name)
+            .filter(|_| identifier == "export")
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "trigger.segment",
+                    "only export tasks take a segment in this version of datask",
+                )
+            })?;
+        datask_core::segment::parse(index, seg, "trigger.segment", Timestamp::now())
+            .map_err(|e| ApiError::invalid(e.path, e.message))?;
     }
     if trigger_in.segment_id.as_ref().is_some_and(|s| !s.is_null()) {
         return Err(ApiError::invalid(
@@ -257,7 +268,7 @@ async fn resolve(
             once,
             repeat,
             timezone: trigger_in.timezone,
-            segment: None,
+            segment,
             segment_id: None,
         },
         target,

@@ -6,6 +6,7 @@
 pub mod index;
 pub mod query;
 pub mod schedule;
+pub mod segment;
 pub mod settings;
 pub mod state;
 pub mod store;

@@ -394,11 +394,19 @@ pub trait Store: Send + Sync + 'static {
         after_row: i64,
         limit: i64,
     ) -> StoreResult<Vec<RowReject>>;
-    async fn count_rows(&self, tenant: TenantId, index: &'static IndexDef) -> StoreResult<i64>;
-    /// All rows of an index in key order, in batches, values in column order.
+    /// Rows of an index, or of a segment of it.
+    async fn count_rows(
+        &self,
+        tenant: TenantId,
+        index: &'static IndexDef,
+        filter: Option<&crate::segment::Filter>,
+    ) -> StoreResult<i64>;
+    /// Rows of an index (or of a segment of it) in key order, in batches,
+    /// values in column order.
     async fn export_rows(
         &self,
         tenant: TenantId,
         index: &'static IndexDef,
+        filter: Option<&crate::segment::Filter>,
     ) -> StoreResult<RowStream>;
 }

@@ -4,13 +4,14 @@
 use std::collections::HashSet;
 
 use datask_core::index::{ColumnType, IndexDef, Value};
+use datask_core::segment::{Bound, Dialect, Filter};
 use datask_core::store::{
     BatchOutcome, ImportBatch, RejectGroup, RowReject, RowStream, StoreResult,
 };
 use datask_core::{TaskId, TenantId};
 use futures::StreamExt;
 use sqlx::postgres::{PgArguments, PgRow};
-use sqlx::query::Query;
+use sqlx::query::{Query, QueryScalar};
 use sqlx::{PgPool, Postgres, Row};
 
 use crate::backend;
@@ -264,8 +265,68 @@ const EXPORT_BATCH: usize = 1024;
 
 /// Streams an index in key order (byte order, as SQLite sorts) from a
 /// spawned task; the bounded channel keeps memory flat.
-pub(crate) fn export_rows(pool: PgPool, tenant: TenantId, index: &'static IndexDef) -> RowStream {
+/// How segments read in PostgreSQL: times as TIMESTAMPTZ, `strpos`.
+struct PgDialect;
+
+impl Dialect for PgDialect {
+    fn placeholder(&self, n: usize) -> String {
+        format!("${n}")
+    }
+    fn time(&self, placeholder: &str) -> String {
+        format!("('epoch'::timestamptz + {placeholder}::int8 * interval '1 microsecond')")
+    }
+    fn position(&self, column: &str, needle: &str) -> String {
+        format!("strpos({column}, {needle})")
+    }
+}
+
+/// The segment's `WHERE` fragment (placeholders from $2, the tenant being $1)
+/// and its values.
+pub(crate) fn segment_sql(filter: Option<&Filter>) -> (String, Vec<Bound>) {
+    match filter {
+        Some(f) => f.to_sql(&PgDialect, 2),
+        None => ("TRUE".into(), vec![]),
+    }
+}
+
+pub(crate) fn bind_bounds<'q>(
+    mut q: Query<'q, Postgres, PgArguments>,
+    bounds: Vec<Bound>,
+) -> Query<'q, Postgres, PgArguments> {
+    for b in bounds {
+        q = match b {
+            Bound::Text(s) => q.bind(s),
+            Bound::Int(i) | Bound::Time(i) => q.bind(i),
+            Bound::Float(f) => q.bind(f),
+            Bound::Bool(v) => q.bind(v),
+        };
+    }
+    q
+}
+
+pub(crate) fn bind_bounds_scalar<'q>(
+    mut q: QueryScalar<'q, Postgres, i64, PgArguments>,
+    bounds: Vec<Bound>,
+) -> QueryScalar<'q, Postgres, i64, PgArguments> {
+    for b in bounds {
+        q = match b {
+            Bound::Text(s) => q.bind(s),
+            Bound::Int(i) | Bound::Time(i) => q.bind(i),
+            Bound::Float(f) => q.bind(f),
+            Bound::Bool(v) => q.bind(v),
+        };
+    }
+    q
+}
+
+pub(crate) fn export_rows(
+    pool: PgPool,
+    tenant: TenantId,
+    index: &'static IndexDef,
+    filter: Option<&Filter>,
+) -> RowStream {
     let (tx, rx) = tokio::sync::mpsc::channel::<StoreResult<Vec<Vec<Value>>>>(4);
+    let (where_sql, bounds) = segment_sql(filter);
     tokio::spawn(async move {
         let cols: Vec<String> = index
             .columns
@@ -273,14 +334,13 @@ pub(crate) fn export_rows(pool: PgPool, tenant: TenantId, index: &'static IndexD
             .map(|c| select_expr(c.ty, c.name))
             .collect();
         let sql = format!(
-            "SELECT {} FROM {} WHERE tenant_id = $1 ORDER BY {} COLLATE \"C\"",
+            "SELECT {} FROM {} WHERE tenant_id = $1 AND {where_sql} ORDER BY {} COLLATE \"C\"",
             cols.join(", "),
             index.table,
             index.key().name
         );
-        let mut rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(tenant)
-            .fetch(&pool);
+        let query = bind_bounds(sqlx::query(sqlx::AssertSqlSafe(sql)).bind(tenant), bounds);
+        let mut rows = query.fetch(&pool);
         let mut chunk = Vec::with_capacity(EXPORT_BATCH);
         while let Some(row) = rows.next().await {
             let values = row.and_then(|r| read_row(&r, index)).map_err(backend);

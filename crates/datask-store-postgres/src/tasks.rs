@@ -5,6 +5,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use datask_core::index::IndexDef;
 use datask_core::query::{Param, TaskQuery};
+use datask_core::segment::Filter;
 use datask_core::settings::ProfileSettings;
 use datask_core::store::*;
 use datask_core::task::{LogEntry, NewTask, Task, TaskUpdate};
@@ -885,10 +886,19 @@ impl Store for PgStore {
         crate::data::rejects(&self.pool, task, after_row, limit).await
     }
 
-    async fn count_rows(&self, tenant: TenantId, index: &'static IndexDef) -> StoreResult<i64> {
-        let sql = format!("SELECT COUNT(*) FROM {} WHERE tenant_id = $1", index.table);
-        sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-            .bind(tenant)
+    async fn count_rows(
+        &self,
+        tenant: TenantId,
+        index: &'static IndexDef,
+        filter: Option<&Filter>,
+    ) -> StoreResult<i64> {
+        let (where_sql, bounds) = crate::data::segment_sql(filter);
+        let sql = format!(
+            "SELECT COUNT(*) FROM {} WHERE tenant_id = $1 AND {where_sql}",
+            index.table
+        );
+        let q = sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(tenant);
+        crate::data::bind_bounds_scalar(q, bounds)
             .fetch_one(&self.pool)
             .await
             .map_err(backend)
@@ -898,8 +908,14 @@ impl Store for PgStore {
         &self,
         tenant: TenantId,
         index: &'static IndexDef,
+        filter: Option<&Filter>,
     ) -> StoreResult<RowStream> {
-        Ok(crate::data::export_rows(self.pool.clone(), tenant, index))
+        Ok(crate::data::export_rows(
+            self.pool.clone(),
+            tenant,
+            index,
+            filter,
+        ))
     }
 }
 

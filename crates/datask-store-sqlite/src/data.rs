@@ -6,6 +6,7 @@ use std::sync::Arc;
 use datask_core::TaskId;
 use datask_core::TenantId;
 use datask_core::index::{ColumnType, IndexDef, Value};
+use datask_core::segment::{Bound, Dialect, Filter};
 use datask_core::store::{
     BatchOutcome, ImportBatch, RejectGroup, RowReject, RowStream, StoreError,
 };
@@ -167,11 +168,47 @@ const EXPORT_BATCH: usize = 1024;
 
 /// Streams an index from a dedicated connection on a blocking thread; the
 /// bounded channel keeps memory flat when the consumer is slower.
+/// How segments read in SQLite: integer-microsecond times, `instr`.
+struct SqliteDialect;
+
+impl Dialect for SqliteDialect {
+    fn placeholder(&self, n: usize) -> String {
+        format!("?{n}")
+    }
+    fn time(&self, placeholder: &str) -> String {
+        placeholder.to_string()
+    }
+    fn position(&self, column: &str, needle: &str) -> String {
+        format!("instr({column}, {needle})")
+    }
+}
+
+/// The segment's `WHERE` fragment (placeholders from ?2, the tenant being ?1)
+/// and its values.
+pub(crate) fn segment_sql(filter: Option<&Filter>) -> (String, Vec<rusqlite::types::Value>) {
+    let Some(f) = filter else {
+        return ("1 = 1".into(), vec![]);
+    };
+    let (sql, bounds) = f.to_sql(&SqliteDialect, 2);
+    let values = bounds
+        .into_iter()
+        .map(|b| match b {
+            Bound::Text(s) => s.into(),
+            Bound::Int(i) | Bound::Time(i) => i.into(),
+            Bound::Float(f) => f.into(),
+            Bound::Bool(b) => (b as i64).into(),
+        })
+        .collect();
+    (sql, values)
+}
+
 pub(crate) fn export_rows(
     inner: Arc<Inner>,
     tenant: TenantId,
     index: &'static IndexDef,
+    filter: Option<&Filter>,
 ) -> RowStream {
+    let (where_sql, filter_args) = segment_sql(filter);
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<Vec<Value>>, StoreError>>(4);
     tokio::task::spawn_blocking(move || {
         let result = (|| -> Result<(), Failure> {
@@ -179,13 +216,15 @@ pub(crate) fn export_rows(
             {
                 let cols: Vec<&str> = index.columns.iter().map(|c| c.name).collect();
                 let sql = format!(
-                    "SELECT {} FROM {} WHERE tenant_id = ?1 ORDER BY {}",
+                    "SELECT {} FROM {} WHERE tenant_id = ?1 AND {where_sql} ORDER BY {}",
                     cols.join(", "),
                     index.table,
                     index.key().name
                 );
                 let mut stmt = conn.prepare(&sql)?;
-                let mut rows = stmt.query([tenant])?;
+                let mut args: Vec<rusqlite::types::Value> = vec![tenant.into()];
+                args.extend(filter_args);
+                let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
                 let mut chunk = Vec::with_capacity(EXPORT_BATCH);
                 while let Some(r) = rows.next()? {
                     let mut values = Vec::with_capacity(index.columns.len());

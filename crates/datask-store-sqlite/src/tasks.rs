@@ -6,6 +6,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use datask_core::index::IndexDef;
 use datask_core::query::{Param, TaskQuery};
+use datask_core::segment::Filter;
 use datask_core::settings::ProfileSettings;
 use datask_core::store::*;
 use datask_core::task::{LogEntry, NewTask, Task, TaskUpdate};
@@ -810,13 +811,21 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn count_rows(&self, tenant: TenantId, index: &'static IndexDef) -> StoreResult<i64> {
+    async fn count_rows(
+        &self,
+        tenant: TenantId,
+        index: &'static IndexDef,
+        filter: Option<&Filter>,
+    ) -> StoreResult<i64> {
+        let (where_sql, params) = crate::data::segment_sql(filter);
+        let sql = format!(
+            "SELECT COUNT(*) FROM {} WHERE tenant_id = ?1 AND {where_sql}",
+            index.table
+        );
         self.read(move |c| {
-            Ok(c.query_row(
-                &format!("SELECT COUNT(*) FROM {} WHERE tenant_id = ?1", index.table),
-                [tenant],
-                |r| r.get(0),
-            )?)
+            let mut args: Vec<rusqlite::types::Value> = vec![tenant.into()];
+            args.extend(params);
+            Ok(c.query_row(&sql, rusqlite::params_from_iter(args), |r| r.get(0))?)
         })
         .await
     }
@@ -825,8 +834,14 @@ impl Store for SqliteStore {
         &self,
         tenant: TenantId,
         index: &'static IndexDef,
+        filter: Option<&Filter>,
     ) -> StoreResult<RowStream> {
-        Ok(crate::data::export_rows(self.inner.clone(), tenant, index))
+        Ok(crate::data::export_rows(
+            self.inner.clone(),
+            tenant,
+            index,
+            filter,
+        ))
     }
 }
 

@@ -50,14 +50,29 @@ impl Handler for Export {
             .flatten()
             .and_then(ExportFormat::parse)
             .unwrap_or(ExportFormat::Csv);
-        let total = ctx.store.count_rows(ctx.task.tenant_id, index).await?;
+        // The segment was checked when the task was accepted; `within_days`
+        // counts back from the start of this run.
+        let filter = match &ctx.task.trigger.segment {
+            Some(seg) => Some(
+                datask_core::segment::parse(index, seg, "trigger.segment", jiff::Timestamp::now())
+                    .map_err(|e| TaskError::Fatal(e.to_string()))?,
+            ),
+            None => None,
+        };
+        let total = ctx
+            .store
+            .count_rows(ctx.task.tenant_id, index, filter.as_ref())
+            .await?;
         ctx.progress(0, Some(total)).await?;
         let name = format!("{}-{}.{}", index.name, ctx.task.id, format.extension());
         let key = FileStore::result_key(ctx.task.tenant_id, ctx.task.id, ctx.fence, &name);
         let mut file = ctx.files.writer(&key);
         let written = async {
             let mut encoder = ExportWriter::new(format, index);
-            let mut rows = ctx.store.export_rows(ctx.task.tenant_id, index).await?;
+            let mut rows = ctx
+                .store
+                .export_rows(ctx.task.tenant_id, index, filter.as_ref())
+                .await?;
             let mut done = 0i64;
             while let Some(batch) = rows.next().await {
                 ctx.checkpoint()?;

@@ -27,6 +27,7 @@ on_both_stores!(
     query_dialect_refuses_what_is_not_on_its_lists,
     access_matrix,
     tenant_settings,
+    export_of_a_segment,
 );
 
 /// Reads a CSV into rows of cells, numbers normalised so `3.50` equals `3.5`.
@@ -262,7 +263,10 @@ async fn import_dry_run_writes_nothing(b: Backend) {
     assert_eq!(done["state"]["code"], "DONE", "{done}");
     assert_eq!(done["output"]["rows"], 50);
     assert_eq!(done["output"]["dry_run"], true);
-    assert_eq!(s.store.count_rows(t.id, &index::USERS).await.unwrap(), 0);
+    assert_eq!(
+        s.store.count_rows(t.id, &index::USERS, None).await.unwrap(),
+        0
+    );
     s.stop().await;
 }
 
@@ -326,10 +330,20 @@ async fn bad_requests_name_what_is_wrong(b: Backend) {
             "often",
         ),
         (
-            export(json!({ "trigger": { "segment": { "all": [] } } })),
+            export(
+                json!({ "trigger": { "segment": { "all": [{ "field": "colour", "op": "eq", "value": "red" }] } } }),
+            ),
             400,
-            "trigger.segment",
-            "not available yet",
+            "trigger.segment.all[0].field",
+            "unknown field 'colour'",
+        ),
+        (
+            export(
+                json!({ "trigger": { "segment": { "field": "country", "op": "like", "value": "N%" } } }),
+            ),
+            400,
+            "trigger.segment.op",
+            "unknown op 'like'",
         ),
         (
             export(json!({ "surprise": 1 })),
@@ -1446,5 +1460,46 @@ async fn tenant_settings(b: Backend) {
             "{body}: {resp}"
         );
     }
+    s.stop().await;
+}
+
+async fn export_of_a_segment(b: Backend) {
+    let s = start(b).await;
+    let t = s.tenant("shop").await;
+    let csv = "user_id,country,email_opt_in,attributes\nu1,NL,true,\nu2,DE,true,\nu3,NL,false,\nu4,NL,,\n";
+    assert_eq!(
+        s.import(&t, "users", csv.as_bytes().to_vec()).await["state"]["code"],
+        "DONE"
+    );
+    let seg = json!({ "all": [{ "field": "country", "op": "eq", "value": "NL" }, { "not": { "field": "email_opt_in", "op": "eq", "value": false } }] });
+    let task = s
+        .create(&t.key, json!({ "trigger": { "segment": seg }, "target": { "action": "export", "export_index": "users", "export_format": "jsonl" } }))
+        .await;
+    assert_eq!(task["trigger"]["segment"], seg);
+    let id = task["id"].as_i64().unwrap();
+    let done = s.wait(&t.key, id, 30).await;
+    assert_eq!(done["output"]["rows"], 2, "{done}");
+    let bytes = s.download(&t.key, id).await;
+    let keys: Vec<String> = bytes
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            serde_json::from_slice::<Value>(l).unwrap()["user_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(keys, ["u1", "u4"]);
+    // Only exports take a segment.
+    let upload = s.upload(&t.key, "u.csv", b"user_id\nu9\n".to_vec()).await;
+    let (status, body) = s
+        .call("POST", "/tasks", &t.key, Some(json!({ "trigger": { "segment": seg }, "target": { "action": "import", "import_index": "users", "upload_id": upload } })))
+        .await;
+    assert_eq!(
+        (status, body["error"]["field"].as_str()),
+        (400, Some("trigger.segment")),
+        "{body}"
+    );
     s.stop().await;
 }
