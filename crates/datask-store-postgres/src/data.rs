@@ -11,7 +11,7 @@ use datask_core::store::{
 use datask_core::{TaskId, TenantId};
 use futures::StreamExt;
 use sqlx::postgres::{PgArguments, PgRow};
-use sqlx::query::{Query, QueryScalar};
+use sqlx::query::Query;
 use sqlx::{PgPool, Postgres, Row};
 
 use crate::backend;
@@ -293,21 +293,6 @@ pub(crate) fn bind_bounds<'q>(
     mut q: Query<'q, Postgres, PgArguments>,
     bounds: Vec<Bound>,
 ) -> Query<'q, Postgres, PgArguments> {
-    for b in bounds {
-        q = match b {
-            Bound::Text(s) => q.bind(s),
-            Bound::Int(i) | Bound::Time(i) => q.bind(i),
-            Bound::Float(f) => q.bind(f),
-            Bound::Bool(v) => q.bind(v),
-        };
-    }
-    q
-}
-
-pub(crate) fn bind_bounds_scalar<'q>(
-    mut q: QueryScalar<'q, Postgres, i64, PgArguments>,
-    bounds: Vec<Bound>,
-) -> QueryScalar<'q, Postgres, i64, PgArguments> {
     for b in bounds {
         q = match b {
             Bound::Text(s) => q.bind(s),

@@ -897,11 +897,12 @@ impl Store for PgStore {
             "SELECT COUNT(*) FROM {} WHERE tenant_id = $1 AND {where_sql}",
             index.table
         );
-        let q = sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(tenant);
-        crate::data::bind_bounds_scalar(q, bounds)
+        let q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(tenant);
+        let row = crate::data::bind_bounds(q, bounds)
             .fetch_one(&self.pool)
             .await
-            .map_err(backend)
+            .map_err(backend)?;
+        row.try_get(0).map_err(backend)
     }
 
     async fn export_rows(
