@@ -6,7 +6,8 @@ use std::collections::HashSet;
 use datask_core::index::{ColumnType, IndexDef, Value};
 use datask_core::segment::{Bound, Dialect, Filter};
 use datask_core::store::{
-    BatchOutcome, ImportBatch, RejectGroup, RowReject, RowStream, StoreResult,
+    BatchOutcome, ImportBatch, ImportRow, RejectGroup, RowReject, RowStream, StoreError,
+    StoreResult,
 };
 use datask_core::{TaskId, TenantId};
 use futures::StreamExt;
@@ -15,22 +16,23 @@ use sqlx::query::Query;
 use sqlx::{PgPool, Postgres, Row};
 
 use crate::backend;
-use crate::tasks::check_fence;
+use crate::time::PgTime;
 
+/// The array a column's values are bound as (one per column: a batch of
+/// any size is a fixed number of parameters, far from PostgreSQL's 65535).
 fn array_type(ty: ColumnType) -> &'static str {
     match ty {
         ColumnType::Text | ColumnType::Json => "text[]",
-        ColumnType::Integer | ColumnType::Time => "int8[]",
+        ColumnType::Integer => "int8[]",
         ColumnType::Number => "float8[]",
         ColumnType::Boolean => "bool[]",
+        ColumnType::Time => "timestamptz[]",
     }
 }
 
 /// How an unnested value becomes the column's type.
 fn cast(ty: ColumnType, expr: &str) -> String {
     match ty {
-        // Integer arithmetic keeps every microsecond.
-        ColumnType::Time => format!("('epoch'::timestamptz + {expr} * interval '1 microsecond')"),
         ColumnType::Json => format!("{expr}::jsonb"),
         _ => expr.to_string(),
     }
@@ -39,7 +41,7 @@ fn cast(ty: ColumnType, expr: &str) -> String {
 /// How a column is read back as the store-neutral value.
 fn select_expr(ty: ColumnType, name: &str) -> String {
     match ty {
-        ColumnType::Time => format!("(EXTRACT(EPOCH FROM {name}) * 1000000)::int8"),
+        // As written: jsonb keeps no text, so this is its normal form.
         ColumnType::Json => format!("{name}::text"),
         _ => name.to_string(),
     }
@@ -83,77 +85,152 @@ fn upsert_sql(index: &IndexDef, columns: &[usize]) -> String {
     )
 }
 
+/// A value of another type than its column's is the caller's bug; writing
+/// NULL instead would lose data without a word.
+fn wrong_type(index: &IndexDef, column: usize, v: &Value) -> StoreError {
+    StoreError::Backend(
+        format!(
+            "{}.{}: a {:?} value cannot be stored in a {:?} column",
+            index.name, index.columns[column].name, v, index.columns[column].ty
+        )
+        .into(),
+    )
+}
+
+/// Binds the values at `pos` of every row as one array of `column`'s type.
 fn bind_column<'q>(
     q: Query<'q, Postgres, PgArguments>,
-    ty: ColumnType,
-    rows: &[datask_core::store::ImportRow],
+    index: &IndexDef,
+    column: usize,
+    rows: &[ImportRow],
     pos: usize,
-) -> Query<'q, Postgres, PgArguments> {
-    let cells = rows.iter().map(|r| &r.values[pos]);
-    match ty {
-        ColumnType::Text | ColumnType::Json => q.bind(
-            cells
-                .map(|v| match v {
-                    Value::Text(s) | Value::Json(s) => Some(s.clone()),
-                    _ => None,
-                })
-                .collect::<Vec<Option<String>>>(),
-        ),
-        ColumnType::Integer | ColumnType::Time => q.bind(
-            cells
-                .map(|v| match v {
-                    Value::Integer(n) | Value::Time(n) => Some(*n),
-                    _ => None,
-                })
-                .collect::<Vec<Option<i64>>>(),
-        ),
-        ColumnType::Number => q.bind(
-            cells
-                .map(|v| match v {
-                    Value::Number(f) => Some(*f),
-                    Value::Integer(n) => Some(*n as f64),
-                    _ => None,
-                })
-                .collect::<Vec<Option<f64>>>(),
-        ),
-        ColumnType::Boolean => q.bind(
-            cells
-                .map(|v| match v {
-                    Value::Boolean(b) => Some(*b),
-                    _ => None,
-                })
-                .collect::<Vec<Option<bool>>>(),
-        ),
+) -> StoreResult<Query<'q, Postgres, PgArguments>> {
+    fn collect<T>(
+        rows: &[ImportRow],
+        pos: usize,
+        f: impl Fn(&Value) -> Option<Option<T>>,
+        err: impl Fn(&Value) -> StoreError,
+    ) -> StoreResult<Vec<Option<T>>> {
+        rows.iter()
+            .map(|r| {
+                let v = &r.values[pos];
+                match v {
+                    Value::Null => Ok(None),
+                    _ => f(v).ok_or_else(|| err(v)),
+                }
+            })
+            .collect()
     }
+    let err = |v: &Value| wrong_type(index, column, v);
+    Ok(match index.columns[column].ty {
+        ColumnType::Text => q.bind(collect(
+            rows,
+            pos,
+            |v| match v {
+                Value::Text(s) => Some(Some(s.clone())),
+                _ => None,
+            },
+            err,
+        )?),
+        ColumnType::Json => q.bind(collect(
+            rows,
+            pos,
+            |v| match v {
+                Value::Json(s) => Some(Some(s.clone())),
+                _ => None,
+            },
+            err,
+        )?),
+        ColumnType::Integer => q.bind(collect(
+            rows,
+            pos,
+            |v| match v {
+                Value::Integer(n) => Some(Some(*n)),
+                _ => None,
+            },
+            err,
+        )?),
+        ColumnType::Number => q.bind(collect(
+            rows,
+            pos,
+            |v| match v {
+                Value::Number(f) => Some(Some(*f)),
+                // A whole number is a number too.
+                Value::Integer(n) => Some(Some(*n as f64)),
+                _ => None,
+            },
+            err,
+        )?),
+        ColumnType::Boolean => q.bind(collect(
+            rows,
+            pos,
+            |v| match v {
+                Value::Boolean(b) => Some(Some(*b)),
+                _ => None,
+            },
+            err,
+        )?),
+        ColumnType::Time => q.bind(collect(
+            rows,
+            pos,
+            |v| match v {
+                Value::Time(us) => Some(Some(PgTime(*us))),
+                _ => None,
+            },
+            err,
+        )?),
+    })
 }
 
 pub(crate) async fn import_batch(pool: &PgPool, batch: ImportBatch) -> StoreResult<BatchOutcome> {
     let mut tx = pool.begin().await.map_err(backend)?;
-    check_fence(&mut tx, batch.task_id, batch.fence).await?;
+    // The checkpoint first: its fenced UPDATE checks the lease and locks the
+    // task row for the rest of the transaction, so a stale worker writes
+    // nothing at all, and a reclaim waits until this batch is in.
+    let n = sqlx::query(
+        "UPDATE tasks SET checkpoint = $3, progress_done = $4, version = version + 1, modified_at = $5
+         WHERE id = $1 AND fence = $2 AND state = 'INPROGRESS'",
+    )
+    .bind(batch.task_id)
+    .bind(batch.fence)
+    .bind(sqlx::types::Json(&batch.checkpoint))
+    .bind(batch.progress_done)
+    .bind(PgTime::from(jiff::Timestamp::now()))
+    .execute(&mut *tx)
+    .await
+    .map_err(backend)?
+    .rows_affected();
+    if n == 0 {
+        return Err(StoreError::LeaseLost(batch.task_id));
+    }
     let mut out = BatchOutcome::default();
     let mut rejects = batch.rejects;
     if batch.dry_run {
         out.applied = batch.rows.len() as i64;
     } else if !batch.rows.is_empty() {
-        let key_at = batch.columns.iter().position(|&c| c == 0).unwrap_or(0);
+        let key_at = batch.columns.iter().position(|&c| c == 0).ok_or_else(|| {
+            StoreError::Backend(format!("{}: a batch without its key", batch.index.name).into())
+        })?;
         let mut q = sqlx::query(sqlx::AssertSqlSafe(upsert_sql(batch.index, &batch.columns)))
             .bind(batch.tenant_id)
             .bind(batch.run_tag);
         for (pos, &c) in batch.columns.iter().enumerate() {
-            q = bind_column(q, batch.index.columns[c].ty, &batch.rows, pos);
+            q = bind_column(q, batch.index, c, &batch.rows, pos)?;
         }
         let written: HashSet<String> = q
             .fetch_all(&mut *tx)
             .await
             .map_err(backend)?
             .iter()
-            .filter_map(|r| r.try_get::<String, _>(0).ok())
-            .collect();
+            .map(|r| r.try_get::<String, _>(0))
+            .collect::<Result<_, _>>()
+            .map_err(backend)?;
         out.applied = written.len() as i64;
+        // Keys are distinct within a batch, so a key not written back is one
+        // this run wrote in an earlier batch.
         for row in &batch.rows {
-            if let Value::Text(k) = &row.values[key_at]
-                && !written.contains(k)
-            {
+            let written = matches!(&row.values[key_at], Value::Text(k) if written.contains(k));
+            if !written {
                 out.duplicates += 1;
                 rejects.push(RowReject {
                     row: row.row,
@@ -166,6 +243,15 @@ pub(crate) async fn import_batch(pool: &PgPool, batch: ImportBatch) -> StoreResu
         }
     }
     if !rejects.is_empty() {
+        // One statement may not upsert the same row twice: the last reject
+        // of a row wins, as a replace would.
+        let mut seen = HashSet::new();
+        let mut last: Vec<&RowReject> = rejects
+            .iter()
+            .rev()
+            .filter(|r| seen.insert(r.row))
+            .collect();
+        last.reverse();
         sqlx::query(
             "INSERT INTO task_rejects (task_id, row, code, column_name, message, raw)
              SELECT $1, * FROM UNNEST($2::int8[], $3::text[], $4::text[], $5::text[], $6::text[])
@@ -173,24 +259,15 @@ pub(crate) async fn import_batch(pool: &PgPool, batch: ImportBatch) -> StoreResu
                  message = EXCLUDED.message, raw = EXCLUDED.raw",
         )
         .bind(batch.task_id)
-        .bind(rejects.iter().map(|r| r.row).collect::<Vec<_>>())
-        .bind(rejects.iter().map(|r| r.code.clone()).collect::<Vec<_>>())
-        .bind(rejects.iter().map(|r| r.column.clone()).collect::<Vec<_>>())
-        .bind(rejects.iter().map(|r| r.message.clone()).collect::<Vec<_>>())
-        .bind(rejects.iter().map(|r| r.raw.clone()).collect::<Vec<_>>())
+        .bind(last.iter().map(|r| r.row).collect::<Vec<_>>())
+        .bind(last.iter().map(|r| r.code.as_str()).collect::<Vec<_>>())
+        .bind(last.iter().map(|r| r.column.as_deref()).collect::<Vec<_>>())
+        .bind(last.iter().map(|r| r.message.as_str()).collect::<Vec<_>>())
+        .bind(last.iter().map(|r| r.raw.as_str()).collect::<Vec<_>>())
         .execute(&mut *tx)
         .await
         .map_err(backend)?;
     }
-    sqlx::query(
-        "UPDATE tasks SET checkpoint = $2, progress_done = $3, version = version + 1 WHERE id = $1",
-    )
-    .bind(batch.task_id)
-    .bind(sqlx::types::Json(batch.checkpoint))
-    .bind(batch.progress_done)
-    .execute(&mut *tx)
-    .await
-    .map_err(backend)?;
     tx.commit().await.map_err(backend)?;
     Ok(out)
 }
@@ -252,7 +329,7 @@ fn read_row(r: &PgRow, index: &IndexDef) -> Result<Vec<Value>, sqlx::Error> {
             ColumnType::Text => r.try_get::<Option<String>, _>(i)?.map(Value::Text),
             ColumnType::Json => r.try_get::<Option<String>, _>(i)?.map(Value::Json),
             ColumnType::Integer => r.try_get::<Option<i64>, _>(i)?.map(Value::Integer),
-            ColumnType::Time => r.try_get::<Option<i64>, _>(i)?.map(Value::Time),
+            ColumnType::Time => r.try_get::<Option<PgTime>, _>(i)?.map(|t| Value::Time(t.0)),
             ColumnType::Number => r.try_get::<Option<f64>, _>(i)?.map(Value::Number),
             ColumnType::Boolean => r.try_get::<Option<bool>, _>(i)?.map(Value::Boolean),
         };
@@ -261,10 +338,9 @@ fn read_row(r: &PgRow, index: &IndexDef) -> Result<Vec<Value>, sqlx::Error> {
     Ok(values)
 }
 
-const EXPORT_BATCH: usize = 1024;
+/// Rows per chunk of an export.
+const EXPORT_BATCH: usize = 1000;
 
-/// Streams an index in key order (byte order, as SQLite sorts) from a
-/// spawned task; the bounded channel keeps memory flat.
 /// How segments read in PostgreSQL: times as TIMESTAMPTZ, `strpos`.
 struct PgDialect;
 
@@ -304,6 +380,29 @@ pub(crate) fn bind_bounds<'q>(
     q
 }
 
+pub(crate) async fn count_rows(
+    pool: &PgPool,
+    tenant: TenantId,
+    index: &'static IndexDef,
+    filter: Option<&Filter>,
+) -> StoreResult<i64> {
+    let (where_sql, bounds) = segment_sql(filter);
+    let sql = format!(
+        "SELECT COUNT(*) FROM {} WHERE tenant_id = $1 AND {where_sql}",
+        index.table
+    );
+    let q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(tenant);
+    let row = bind_bounds(q, bounds)
+        .fetch_one(pool)
+        .await
+        .map_err(backend)?;
+    row.try_get(0).map_err(backend)
+}
+
+/// Streams an index (or a segment of it) in key order from a spawned task:
+/// one statement read row by row, so a 10-million-row export holds a few
+/// chunks in memory, never the result. Key order is byte order, as SQLite
+/// sorts; the key columns are `COLLATE "C"`, so it walks the primary key.
 pub(crate) fn export_rows(
     pool: PgPool,
     tenant: TenantId,
@@ -312,48 +411,56 @@ pub(crate) fn export_rows(
 ) -> RowStream {
     let (tx, rx) = tokio::sync::mpsc::channel::<StoreResult<Vec<Vec<Value>>>>(4);
     let (where_sql, bounds) = segment_sql(filter);
-    tokio::spawn(async move {
-        let cols: Vec<String> = index
-            .columns
-            .iter()
-            .map(|c| select_expr(c.ty, c.name))
-            .collect();
-        let sql = format!(
-            "SELECT {} FROM {} WHERE tenant_id = $1 AND {where_sql} ORDER BY {} COLLATE \"C\"",
-            cols.join(", "),
-            index.table,
-            index.key().name
-        );
+    let cols: Vec<String> = index
+        .columns
+        .iter()
+        .map(|c| select_expr(c.ty, c.name))
+        .collect();
+    let sql = format!(
+        "SELECT {} FROM {} WHERE tenant_id = $1 AND {where_sql} ORDER BY {}",
+        cols.join(", "),
+        index.table,
+        index.key().name
+    );
+    let producer = tokio::spawn(async move {
         let query = bind_bounds(sqlx::query(sqlx::AssertSqlSafe(sql)).bind(tenant), bounds);
         let mut rows = query.fetch(&pool);
         let mut chunk = Vec::with_capacity(EXPORT_BATCH);
         while let Some(row) = rows.next().await {
-            let values = row.and_then(|r| read_row(&r, index)).map_err(backend);
-            match values {
+            match row.and_then(|r| read_row(&r, index)) {
                 Ok(v) => chunk.push(v),
                 Err(e) => {
-                    let _ = tx.send(Err(e)).await;
+                    let _ = tx.send(Err(backend(e))).await;
                     return;
                 }
             }
-            if chunk.len() == EXPORT_BATCH
-                && tx
-                    .send(Ok(std::mem::replace(
-                        &mut chunk,
-                        Vec::with_capacity(EXPORT_BATCH),
-                    )))
-                    .await
-                    .is_err()
-            {
-                return;
+            if chunk.len() == EXPORT_BATCH {
+                let full = std::mem::replace(&mut chunk, Vec::with_capacity(EXPORT_BATCH));
+                if tx.send(Ok(full)).await.is_err() {
+                    // The reader went away: stop reading.
+                    return;
+                }
             }
         }
         if !chunk.is_empty() {
             let _ = tx.send(Ok(chunk)).await;
         }
     });
-    futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
+    // The channel also closes when the producer panics; an export must not
+    // then look complete, so the end of the stream asks how it ended.
+    futures::stream::unfold((rx, Some(producer)), |(mut rx, producer)| async move {
+        match rx.recv().await {
+            Some(item) => Some((item, (rx, producer))),
+            None => match producer?.await {
+                Ok(()) => None,
+                Err(e) => Some((
+                    Err(StoreError::Backend(
+                        format!("the export stopped: {e}").into(),
+                    )),
+                    (rx, None),
+                )),
+            },
+        }
     })
     .boxed()
 }

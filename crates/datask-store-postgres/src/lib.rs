@@ -5,6 +5,7 @@
 mod data;
 mod tasks;
 pub mod testing;
+mod time;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +24,17 @@ const WORK_CHANNEL: &str = "datask_work";
 pub struct PgStore {
     pool: PgPool,
     work: Arc<Notify>,
+    /// Stops the LISTEN task (and frees its connection) when the last clone
+    /// of the store goes.
+    _listener: Arc<AbortOnDrop>,
+}
+
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 pub(crate) fn backend(e: sqlx::Error) -> StoreError {
@@ -44,28 +56,37 @@ impl PgStore {
             .map_err(backend)?;
         let work = Arc::new(Notify::new());
         // Subscribe before anything is claimed so no wake-up is lost; the
-        // worker loop polls as a fallback should the listener drop.
+        // worker loop polls as a fallback.
         let mut listener = PgListener::connect_with(&pool).await.map_err(backend)?;
         listener.listen(WORK_CHANNEL).await.map_err(backend)?;
-        let waker = Arc::downgrade(&work);
-        tokio::spawn(async move {
+        let waker = work.clone();
+        let task = tokio::spawn(async move {
             loop {
-                match listener.recv().await {
-                    Ok(_) => match waker.upgrade() {
-                        Some(w) => w.notify_one(),
-                        None => return,
-                    },
+                match listener.try_recv().await {
+                    // notify_one keeps a permit when nobody waits yet.
+                    Ok(Some(_)) => waker.notify_one(),
+                    // The connection dropped and was re-established:
+                    // notifications sent meanwhile are gone, so look.
+                    Ok(None) => {
+                        tracing::warn!("LISTEN connection lost and re-established");
+                        waker.notify_one();
+                    }
+                    Err(sqlx::Error::PoolClosed) => return,
+                    // Reconnecting failed; the next try_recv tries again.
+                    // Meanwhile the workers' polling finds the work.
                     Err(e) => {
                         tracing::warn!(error = %e, "LISTEN connection lost; retrying");
-                        if waker.upgrade().is_none() {
-                            return;
-                        }
                         tokio::time::sleep(Duration::from_secs(1)).await;
+                        waker.notify_one();
                     }
                 }
             }
         });
-        Ok(PgStore { pool, work })
+        Ok(PgStore {
+            pool,
+            work,
+            _listener: Arc::new(AbortOnDrop(task.abort_handle())),
+        })
     }
 
     /// Applies the migrations in `migrations/` not yet applied.

@@ -1,4 +1,9 @@
 //! Tenants, credentials, tasks, leases and uploads on PostgreSQL.
+//!
+//! Engine writes (claim, heartbeat, progress, logs, complete, retry,
+//! release, reclaim) are one statement each: the fence is part of the
+//! `WHERE`, so a stale worker changes nothing and learns it from the row
+//! count, and the wake-up is sent from inside the same statement.
 
 use std::time::Duration;
 
@@ -16,22 +21,47 @@ use sqlx::postgres::PgRow;
 use sqlx::types::Json as J;
 use sqlx::{Postgres, Row, Transaction};
 
-use crate::{PgStore, WORK_CHANNEL, backend};
+use crate::time::{PgTime, pg};
+use crate::{PgStore, backend};
 
 const TASK_COLUMNS: &str = "id, tenant_id, identifier, \"desc\", state, trigger, target, logs, errors, \
      progress_done, progress_total, output, result, version, attempts, max_attempts, debug, priority, \
      cancel_requested, created_at, modified_at, started_at, finished_at, run_at, schedule_anchor, checkpoint";
 
-fn us(t: Timestamp) -> i64 {
-    t.as_microsecond()
+/// Key of the transaction-scoped advisory lock that serialises claims
+/// across nodes ("datask" on a phone keypad, any fixed number would do).
+const CLAIM_LOCK: i64 = 3_282_757;
+
+/// A `RETURNING` item that wakes the workers of every node when `cond` holds
+/// for the written row: `pg_notify` inside the writing statement is delivered
+/// when, and only if, it commits. PostgreSQL folds identical notifications of
+/// one transaction into one. The value itself means nothing.
+fn wake_when(cond: &str) -> String {
+    format!(
+        "(CASE WHEN {cond} THEN pg_notify('{}', '') END) IS NULL AS _wake",
+        crate::WORK_CHANNEL
+    )
 }
 
-fn ts(us: i64) -> Timestamp {
-    Timestamp::from_microsecond(us).unwrap_or(Timestamp::MAX)
+/// `TASK_COLUMNS` qualified by a table alias.
+fn task_columns(alias: &str) -> String {
+    TASK_COLUMNS
+        .split(", ")
+        .map(|c| format!("{alias}.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn decode<T: serde::de::DeserializeOwned>(v: Json) -> Result<T, sqlx::Error> {
     serde_json::from_value(v).map_err(|e| sqlx::Error::Decode(Box::new(e)))
+}
+
+fn time(r: &PgRow, col: &str) -> Result<Timestamp, sqlx::Error> {
+    Ok(r.try_get::<PgTime, _>(col)?.ts())
+}
+
+fn time_opt(r: &PgRow, col: &str) -> Result<Option<Timestamp>, sqlx::Error> {
+    Ok(r.try_get::<Option<PgTime>, _>(col)?.map(PgTime::ts))
 }
 
 fn task_from_row(r: &PgRow) -> Result<Task, sqlx::Error> {
@@ -41,7 +71,8 @@ fn task_from_row(r: &PgRow) -> Result<Task, sqlx::Error> {
         tenant_id: r.try_get("tenant_id")?,
         identifier: r.try_get("identifier")?,
         desc: r.try_get("desc")?,
-        state: TaskState::parse(&state).unwrap_or(TaskState::Fatal),
+        state: TaskState::parse(&state)
+            .ok_or_else(|| sqlx::Error::Decode(format!("unknown task state {state:?}").into()))?,
         trigger: decode(r.try_get::<J<Json>, _>("trigger")?.0)?,
         target: decode(r.try_get::<J<Json>, _>("target")?.0)?,
         logs: decode(r.try_get::<J<Json>, _>("logs")?.0)?,
@@ -56,14 +87,21 @@ fn task_from_row(r: &PgRow) -> Result<Task, sqlx::Error> {
         debug: r.try_get("debug")?,
         priority: r.try_get("priority")?,
         cancel_requested: r.try_get("cancel_requested")?,
-        created_at: ts(r.try_get("created_at")?),
-        modified_at: ts(r.try_get("modified_at")?),
-        started_at: r.try_get::<Option<i64>, _>("started_at")?.map(ts),
-        finished_at: r.try_get::<Option<i64>, _>("finished_at")?.map(ts),
-        run_at: ts(r.try_get("run_at")?),
-        schedule_anchor: r.try_get::<Option<i64>, _>("schedule_anchor")?.map(ts),
+        created_at: time(r, "created_at")?,
+        modified_at: time(r, "modified_at")?,
+        started_at: time_opt(r, "started_at")?,
+        finished_at: time_opt(r, "finished_at")?,
+        run_at: time(r, "run_at")?,
+        schedule_anchor: time_opt(r, "schedule_anchor")?,
         checkpoint: r.try_get::<Option<J<Json>>, _>("checkpoint")?.map(|j| j.0),
     })
+}
+
+fn tasks_from_rows(rows: &[PgRow]) -> StoreResult<Vec<Task>> {
+    rows.iter()
+        .map(task_from_row)
+        .collect::<Result<_, _>>()
+        .map_err(backend)
 }
 
 fn logs_json(logs: &[LogEntry]) -> J<Json> {
@@ -74,36 +112,48 @@ fn to_json<T: serde::Serialize>(v: &T) -> J<Json> {
     J(serde_json::to_value(v).unwrap_or(Json::Null))
 }
 
-async fn load_for_update(
-    tx: &mut Transaction<'_, Postgres>,
-    tenant: TenantId,
-    id: TaskId,
-) -> StoreResult<Task> {
-    let sql =
-        format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1 AND tenant_id = $2 FOR UPDATE");
-    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(id)
-        .bind(tenant)
-        .fetch_optional(&mut **tx)
-        .await
-        .map_err(backend)?;
-    match row {
-        Some(r) => task_from_row(&r).map_err(backend),
-        None => Err(StoreError::NotFound),
+/// Whether a database error is this SQLSTATE.
+fn is_code(e: &sqlx::Error, code: &str) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some(code))
+}
+
+const UNIQUE_VIOLATION: &str = "23505";
+
+/// A duplicate of a unique value is the caller's conflict, not a failure of
+/// the database.
+fn unique_conflict(what: &'static str) -> impl Fn(sqlx::Error) -> StoreError {
+    move |e| {
+        if is_code(&e, UNIQUE_VIOLATION) {
+            StoreError::Conflict(format!("{what} already exists"))
+        } else {
+            backend(e)
+        }
     }
 }
 
-async fn load(tx: &mut Transaction<'_, Postgres>, id: TaskId) -> StoreResult<Task> {
-    let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1");
-    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(id)
-        .fetch_one(&mut **tx)
-        .await
-        .map_err(backend)?;
-    task_from_row(&row).map_err(backend)
+/// Locks the tenant's task and answers its state and version; NotFound for
+/// another tenant's task.
+async fn lock_task(
+    tx: &mut Transaction<'_, Postgres>,
+    tenant: TenantId,
+    id: TaskId,
+) -> StoreResult<(TaskState, i64)> {
+    let row: Option<(String, i64)> = sqlx::query_as(
+        "SELECT state, version FROM tasks WHERE id = $1 AND tenant_id = $2 FOR UPDATE",
+    )
+    .bind(id)
+    .bind(tenant)
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(backend)?;
+    let (state, version) = row.ok_or(StoreError::NotFound)?;
+    let state = TaskState::parse(&state)
+        .ok_or_else(|| StoreError::Backend(format!("unknown task state {state:?}").into()))?;
+    Ok((state, version))
 }
 
-/// Checks and locks the fence; `LeaseLost` unless INPROGRESS with it.
+/// Checks and locks the fence for a write of several statements;
+/// `LeaseLost` unless INPROGRESS with it.
 pub(crate) async fn check_fence(
     tx: &mut Transaction<'_, Postgres>,
     id: TaskId,
@@ -124,17 +174,24 @@ pub(crate) async fn check_fence(
     }
 }
 
-async fn notify_work(tx: &mut Transaction<'_, Postgres>) -> StoreResult<()> {
-    sqlx::query("SELECT pg_notify($1, '')")
-        .bind(WORK_CHANNEL)
-        .execute(&mut **tx)
-        .await
-        .map_err(backend)?;
-    Ok(())
+/// A fenced single-statement write changed nothing: the lease is gone.
+fn fenced(id: TaskId, rows: u64) -> StoreResult<()> {
+    if rows == 0 {
+        Err(StoreError::LeaseLost(id))
+    } else {
+        Ok(())
+    }
 }
 
-fn anchor_for(trigger: &datask_core::Trigger) -> Option<i64> {
-    trigger.repeat.and(trigger.once).map(us)
+fn anchor_for(trigger: &datask_core::Trigger) -> Option<PgTime> {
+    trigger.repeat.and(trigger.once).map(pg)
+}
+
+fn lease_until(now: Timestamp, lease: Duration) -> PgTime {
+    PgTime(
+        now.as_microsecond()
+            .saturating_add(lease.as_micros() as i64),
+    )
 }
 
 #[async_trait]
@@ -152,21 +209,23 @@ impl Store for PgStore {
     }
 
     async fn create_tenant(&self, new: NewTenant) -> StoreResult<Tenant> {
-        let now = us(Timestamp::now());
-        let id: i64 = sqlx::query_scalar("INSERT INTO tenants (name, timezone, concurrency, created_at) VALUES ($1, $2, $3, $4) RETURNING id")
-            .bind(&new.name)
-            .bind(&new.timezone)
-            .bind(new.concurrency)
-            .bind(now)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(backend)?;
+        let row = sqlx::query(
+            "INSERT INTO tenants (name, timezone, concurrency, created_at) VALUES ($1, $2, $3, $4)
+             RETURNING id, created_at",
+        )
+        .bind(&new.name)
+        .bind(&new.timezone)
+        .bind(new.concurrency)
+        .bind(pg(Timestamp::now()))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(backend)?;
         Ok(Tenant {
-            id,
+            id: row.try_get(0).map_err(backend)?,
             name: new.name,
             timezone: new.timezone,
             concurrency: new.concurrency,
-            created_at: ts(now),
+            created_at: time(&row, "created_at").map_err(backend)?,
         })
     }
 
@@ -184,7 +243,7 @@ impl Store for PgStore {
                 name: r.try_get(1)?,
                 timezone: r.try_get(2)?,
                 concurrency: r.try_get(3)?,
-                created_at: ts(r.try_get(4)?),
+                created_at: time(&r, "created_at")?,
             })
         })
         .transpose()
@@ -230,23 +289,23 @@ impl Store for PgStore {
             .bind(cred.kind.as_str())
             .execute(&self.pool)
             .await
-            .map_err(backend)?;
+            .map_err(unique_conflict("a credential with this secret"))?;
         Ok(())
     }
 
     async fn credential_by_hash(&self, secret_sha256: &str) -> StoreResult<Option<Credential>> {
-        let row = sqlx::query(
+        let row: Option<(String, i64, String)> = sqlx::query_as(
             "SELECT secret_sha256, tenant_id, kind FROM credentials WHERE secret_sha256 = $1",
         )
         .bind(secret_sha256)
         .fetch_optional(&self.pool)
         .await
         .map_err(backend)?;
-        Ok(row.and_then(|r| {
-            let kind: String = r.try_get(2).ok()?;
+        // A kind this version does not know grants nothing.
+        Ok(row.and_then(|(secret_sha256, tenant_id, kind)| {
             Some(Credential {
-                secret_sha256: r.try_get(0).ok()?,
-                tenant_id: r.try_get(1).ok()?,
+                secret_sha256,
+                tenant_id,
                 kind: CredentialKind::parse(&kind)?,
             })
         }))
@@ -258,10 +317,10 @@ impl Store for PgStore {
         )
         .bind(name)
         .bind(token_sha256)
-        .bind(us(Timestamp::now()))
+        .bind(pg(Timestamp::now()))
         .fetch_one(&self.pool)
         .await
-        .map_err(backend)?;
+        .map_err(unique_conflict("a user with this token"))?;
         Ok(User {
             id,
             name: name.to_string(),
@@ -279,6 +338,7 @@ impl Store for PgStore {
     }
 
     async fn set_membership(&self, tenant: TenantId, user: i64, level: Level) -> StoreResult<()> {
+        // Selecting from both tables makes a missing one insert nothing.
         let n = sqlx::query(
             "INSERT INTO memberships (tenant_id, user_id, level)
              SELECT t.id, u.id, $3 FROM tenants t, users u WHERE t.id = $1 AND u.id = $2
@@ -311,50 +371,61 @@ impl Store for PgStore {
     }
 
     async fn insert_task(&self, new: NewTask, now: Timestamp) -> StoreResult<InsertedTask> {
-        let mut tx = self.pool.begin().await.map_err(backend)?;
-        // ON CONFLICT DO NOTHING keeps the first task of an idempotency key,
-        // even when two requests race.
-        let id: Option<i64> = sqlx::query_scalar(
+        // ON CONFLICT DO NOTHING keeps the first task of an idempotency key
+        // even when two requests race: the second waits for the first to
+        // commit and then inserts nothing. The repeat then reads the first
+        // task; should that have been deleted in between, insert again.
+        let insert = format!(
             "INSERT INTO tasks (tenant_id, identifier, \"desc\", state, trigger, target, max_attempts, priority,
                  created_at, modified_at, run_at, schedule_anchor, idempotency_key)
              VALUES ($1, $2, $3, 'READY', $4, $5, $6, $7, $8, $8, $9, $10, $11)
              ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-             RETURNING id",
-        )
-        .bind(new.tenant_id)
-        .bind(&new.identifier)
-        .bind(&new.desc)
-        .bind(to_json(&new.trigger))
-        .bind(to_json(&new.target))
-        .bind(new.max_attempts)
-        .bind(new.priority)
-        .bind(us(now))
-        .bind(us(new.run_at))
-        .bind(anchor_for(&new.trigger))
-        .bind(&new.idempotency_key)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(backend)?;
-        let (id, created) = match id {
-            Some(id) => (id, true),
-            None => {
-                let id: i64 = sqlx::query_scalar(
-                    "SELECT id FROM tasks WHERE tenant_id = $1 AND idempotency_key = $2",
-                )
+             RETURNING {TASK_COLUMNS}, {}",
+            wake_when("TRUE")
+        );
+        let existing = format!(
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE tenant_id = $1 AND idempotency_key = $2"
+        );
+        for _ in 0..3 {
+            let row = sqlx::query(sqlx::AssertSqlSafe(insert.as_str()))
                 .bind(new.tenant_id)
+                .bind(&new.identifier)
+                .bind(&new.desc)
+                .bind(to_json(&new.trigger))
+                .bind(to_json(&new.target))
+                .bind(new.max_attempts)
+                .bind(new.priority)
+                .bind(pg(now))
+                .bind(pg(new.run_at))
+                .bind(anchor_for(&new.trigger))
                 .bind(&new.idempotency_key)
-                .fetch_one(&mut *tx)
+                .fetch_optional(&self.pool)
                 .await
                 .map_err(backend)?;
-                (id, false)
+            if let Some(row) = row {
+                let task = task_from_row(&row).map_err(backend)?;
+                return Ok(InsertedTask {
+                    task,
+                    created: true,
+                });
             }
-        };
-        if created {
-            notify_work(&mut tx).await?;
+            let row = sqlx::query(sqlx::AssertSqlSafe(existing.as_str()))
+                .bind(new.tenant_id)
+                .bind(&new.idempotency_key)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(backend)?;
+            if let Some(row) = row {
+                let task = task_from_row(&row).map_err(backend)?;
+                return Ok(InsertedTask {
+                    task,
+                    created: false,
+                });
+            }
         }
-        let task = load(&mut tx, id).await?;
-        tx.commit().await.map_err(backend)?;
-        Ok(InsertedTask { task, created })
+        Err(StoreError::Conflict(
+            "the task of this idempotency key is being deleted; try again".into(),
+        ))
     }
 
     async fn get_task(&self, tenant: TenantId, id: TaskId) -> StoreResult<Option<Task>> {
@@ -369,10 +440,13 @@ impl Store for PgStore {
     }
 
     async fn list_tasks(&self, tenant: TenantId, f: &TaskFilter) -> StoreResult<Vec<Task>> {
+        // Walks (tenant_id, id DESC) newest first; the optional filters are
+        // checked on the way.
         let sql = format!(
             "SELECT {TASK_COLUMNS} FROM tasks WHERE tenant_id = $1
                AND ($2::text IS NULL OR state = $2) AND ($3::text IS NULL OR identifier = $3)
-               AND ($4::bigint IS NULL OR created_at > $4) AND ($5::bigint IS NULL OR created_at < $5)
+               AND ($4::timestamptz IS NULL OR created_at > $4)
+               AND ($5::timestamptz IS NULL OR created_at < $5)
                AND ($6::bigint IS NULL OR id < $6)
              ORDER BY id DESC LIMIT $7"
         );
@@ -380,26 +454,42 @@ impl Store for PgStore {
             .bind(tenant)
             .bind(f.state.map(|s| s.as_str()))
             .bind(&f.identifier)
-            .bind(f.created_after.map(us))
-            .bind(f.created_before.map(us))
+            .bind(f.created_after.map(pg))
+            .bind(f.created_before.map(pg))
             .bind(f.before_id)
             .bind(f.limit)
             .fetch_all(&self.pool)
             .await
             .map_err(backend)?;
-        rows.iter()
-            .map(task_from_row)
-            .collect::<Result<_, _>>()
-            .map_err(backend)
+        tasks_from_rows(&rows)
     }
 
     async fn query_tasks(&self, tenant: TenantId, query: &TaskQuery) -> StoreResult<Vec<Task>> {
+        // The dialect's fields are fixed SQL shared with SQLite, which reads
+        // times as integer microseconds (`created_at / 1000000`). An inner
+        // table named `tasks` shows the fields that way; the ids it picks,
+        // in its order, then fetch the rows themselves.
         let (where_sql, order_sql, params) = query.to_sql(2, |n| format!("${n}"));
         let n = params.len();
+        let micros = |c: &str| format!("(EXTRACT(EPOCH FROM {c}) * 1000000)::int8 AS {c}");
         let sql = format!(
-            "SELECT {TASK_COLUMNS} FROM tasks WHERE tenant_id = $1 AND {where_sql} ORDER BY {order_sql} LIMIT ${} OFFSET ${}",
-            n + 2,
-            n + 3
+            "SELECT {cols} FROM UNNEST(ARRAY(
+                 SELECT id FROM (
+                     SELECT id, identifier, state, \"desc\", result, attempts, version,
+                            {created}, {started}, {finished}, {modified}
+                     FROM tasks WHERE tenant_id = $1
+                 ) AS tasks
+                 WHERE {where_sql} ORDER BY {order_sql} LIMIT ${limit} OFFSET ${offset}
+             )) WITH ORDINALITY AS picked (id, n)
+             JOIN tasks t ON t.id = picked.id
+             ORDER BY picked.n",
+            cols = task_columns("t"),
+            created = micros("created_at"),
+            started = micros("started_at"),
+            finished = micros("finished_at"),
+            modified = micros("modified_at"),
+            limit = n + 2,
+            offset = n + 3,
         );
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(tenant);
         for p in params {
@@ -414,10 +504,7 @@ impl Store for PgStore {
             .fetch_all(&self.pool)
             .await
             .map_err(backend)?;
-        rows.iter()
-            .map(task_from_row)
-            .collect::<Result<_, _>>()
-            .map_err(backend)
+        tasks_from_rows(&rows)
     }
 
     async fn update_task(
@@ -428,43 +515,44 @@ impl Store for PgStore {
         now: Timestamp,
     ) -> StoreResult<Task> {
         let mut tx = self.pool.begin().await.map_err(backend)?;
-        let task = load_for_update(&mut tx, tenant, id).await?;
+        let (state, version) = lock_task(&mut tx, tenant, id).await?;
         if let Some(v) = update.expected_version
-            && v != task.version
+            && v != version
         {
-            return Err(StoreError::VersionConflict {
-                current: task.version,
-            });
+            return Err(StoreError::VersionConflict { current: version });
         }
-        if task.state == TaskState::InProgress {
+        if state == TaskState::InProgress {
             return Err(StoreError::Conflict(format!(
                 "task {id} is running; cancel it or wait until it finishes"
             )));
         }
-        sqlx::query(
+        // run_at may have moved earlier: a READY task may be due now.
+        let sql = format!(
             "UPDATE tasks SET \"desc\" = $2, trigger = $3, target = $4, run_at = $5, schedule_anchor = $6,
-                 version = version + 1, modified_at = $7 WHERE id = $1",
-        )
-        .bind(id)
-        .bind(&update.desc)
-        .bind(to_json(&update.trigger))
-        .bind(to_json(&update.target))
-        .bind(us(update.run_at))
-        .bind(anchor_for(&update.trigger))
-        .bind(us(now))
-        .execute(&mut *tx)
-        .await
-        .map_err(backend)?;
-        notify_work(&mut tx).await?;
-        let task = load(&mut tx, id).await?;
+                 version = version + 1, modified_at = $7 WHERE id = $1
+             RETURNING {TASK_COLUMNS}, {}",
+            wake_when("state = 'READY'")
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .bind(&update.desc)
+            .bind(to_json(&update.trigger))
+            .bind(to_json(&update.target))
+            .bind(pg(update.run_at))
+            .bind(anchor_for(&update.trigger))
+            .bind(pg(now))
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(backend)?;
+        let task = task_from_row(&row).map_err(backend)?;
         tx.commit().await.map_err(backend)?;
         Ok(task)
     }
 
     async fn delete_task(&self, tenant: TenantId, id: TaskId) -> StoreResult<()> {
         let mut tx = self.pool.begin().await.map_err(backend)?;
-        let task = load_for_update(&mut tx, tenant, id).await?;
-        if task.state == TaskState::InProgress {
+        let (state, _) = lock_task(&mut tx, tenant, id).await?;
+        if state == TaskState::InProgress {
             return Err(StoreError::Conflict(format!(
                 "task {id} is running; cancel it before deleting it"
             )));
@@ -484,29 +572,31 @@ impl Store for PgStore {
 
     async fn execute_now(&self, tenant: TenantId, id: TaskId, now: Timestamp) -> StoreResult<Task> {
         let mut tx = self.pool.begin().await.map_err(backend)?;
-        let task = load_for_update(&mut tx, tenant, id).await?;
-        if task.state == TaskState::InProgress {
+        let (state, _) = lock_task(&mut tx, tenant, id).await?;
+        if state == TaskState::InProgress {
             return Err(StoreError::Conflict(format!(
                 "task {id} is already running"
             )));
         }
-        let logs = if task.state != TaskState::Ready {
-            vec![LogEntry::transition(task.state, TaskState::Ready, now)]
+        let logs = if state != TaskState::Ready {
+            vec![LogEntry::transition(state, TaskState::Ready, now)]
         } else {
             vec![]
         };
-        sqlx::query(
+        let sql = format!(
             "UPDATE tasks SET state = 'READY', run_at = $2, checkpoint = NULL, progress_done = 0, progress_total = NULL,
-                 cancel_requested = FALSE, version = version + 1, modified_at = $2, logs = logs || $3 WHERE id = $1",
-        )
-        .bind(id)
-        .bind(us(now))
-        .bind(logs_json(&logs))
-        .execute(&mut *tx)
-        .await
-        .map_err(backend)?;
-        notify_work(&mut tx).await?;
-        let task = load(&mut tx, id).await?;
+                 cancel_requested = FALSE, version = version + 1, modified_at = $2, logs = logs || $3 WHERE id = $1
+             RETURNING {TASK_COLUMNS}, {}",
+            wake_when("TRUE")
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .bind(pg(now))
+            .bind(logs_json(&logs))
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(backend)?;
+        let task = task_from_row(&row).map_err(backend)?;
         tx.commit().await.map_err(backend)?;
         Ok(task)
     }
@@ -518,39 +608,34 @@ impl Store for PgStore {
         now: Timestamp,
     ) -> StoreResult<Task> {
         let mut tx = self.pool.begin().await.map_err(backend)?;
-        let task = load_for_update(&mut tx, tenant, id).await?;
-        match task.state {
-            TaskState::Ready => {
-                let logs = vec![LogEntry::transition(
-                    TaskState::Ready,
-                    TaskState::Cancelled,
-                    now,
-                )];
-                sqlx::query(
-                    "UPDATE tasks SET state = 'CANCELLED', finished_at = $2, version = version + 1, modified_at = $2, logs = logs || $3 WHERE id = $1",
-                )
-                .bind(id)
-                .bind(us(now))
-                .bind(logs_json(&logs))
-                .execute(&mut *tx)
-                .await
-                .map_err(backend)?;
-            }
-            TaskState::InProgress => {
-                sqlx::query("UPDATE tasks SET cancel_requested = TRUE, version = version + 1, modified_at = $2 WHERE id = $1")
-                    .bind(id)
-                    .bind(us(now))
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(backend)?;
-            }
+        let (state, _) = lock_task(&mut tx, tenant, id).await?;
+        let q = match state {
+            TaskState::Ready => sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE tasks SET state = 'CANCELLED', finished_at = $2, version = version + 1, modified_at = $2,
+                     logs = logs || $3 WHERE id = $1 RETURNING {TASK_COLUMNS}"
+            )))
+            .bind(id)
+            .bind(pg(now))
+            .bind(logs_json(&[LogEntry::transition(
+                TaskState::Ready,
+                TaskState::Cancelled,
+                now,
+            )])),
+            // The worker learns it at its next heartbeat.
+            TaskState::InProgress => sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE tasks SET cancel_requested = TRUE, version = version + 1, modified_at = $2
+                 WHERE id = $1 RETURNING {TASK_COLUMNS}"
+            )))
+            .bind(id)
+            .bind(pg(now)),
             done => {
                 return Err(StoreError::Conflict(format!(
                     "task {id} has already finished ({done})"
                 )));
             }
-        }
-        let task = load(&mut tx, id).await?;
+        };
+        let row = q.fetch_one(&mut *tx).await.map_err(backend)?;
+        let task = task_from_row(&row).map_err(backend)?;
         tx.commit().await.map_err(backend)?;
         Ok(task)
     }
@@ -562,10 +647,15 @@ impl Store for PgStore {
         lease: Duration,
         now: Timestamp,
     ) -> StoreResult<Vec<ClaimedTask>> {
+        if limit == 0 {
+            return Ok(vec![]);
+        }
         let mut tx = self.pool.begin().await.map_err(backend)?;
-        // One claimer at a time across nodes, so per-tenant limits hold; the
-        // lock is held for one short statement.
-        sqlx::query("SELECT pg_advisory_xact_lock(7268617)")
+        // One claimer at a time across nodes, so that the INPROGRESS counts
+        // below are exact and per-tenant limits hold; the lock lasts one
+        // short statement and ends with the transaction.
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(CLAIM_LOCK)
             .execute(&mut *tx)
             .await
             .map_err(backend)?;
@@ -574,17 +664,29 @@ impl Store for PgStore {
             TaskState::InProgress,
             now,
         )]);
+        // Candidates are read in queue order from the READY rows, skipping
+        // tenants already at their limit, so that a tenant with a long
+        // backlog cannot hide the others' tasks. Each tenant then gets at
+        // most its free slots, in queue order. Only the chosen rows are
+        // locked (the lock is a write to every row it takes): claims are
+        // serialised already, and SKIP LOCKED passes over a row that a
+        // client is changing right now, whose state and run_at are checked
+        // again once locked.
         let sql = format!(
             "WITH running AS (
                  SELECT tenant_id, COUNT(*) AS n FROM tasks WHERE state = 'INPROGRESS' GROUP BY tenant_id
+             ), full_tenants AS (
+                 SELECT ru.tenant_id FROM running ru JOIN tenants te ON te.id = ru.tenant_id
+                 WHERE ru.n >= te.concurrency
              ), candidates AS (
                  SELECT id, tenant_id, priority, run_at FROM tasks
                  WHERE state = 'READY' AND run_at <= $1
+                   AND tenant_id NOT IN (SELECT tenant_id FROM full_tenants)
                  ORDER BY priority, run_at, id
                  LIMIT $6
-                 FOR UPDATE SKIP LOCKED
              ), ranked AS (
-                 SELECT c.*, ROW_NUMBER() OVER (PARTITION BY c.tenant_id ORDER BY c.priority, c.run_at, c.id) AS rn FROM candidates c
+                 SELECT c.*, ROW_NUMBER() OVER (PARTITION BY c.tenant_id ORDER BY c.priority, c.run_at, c.id) AS rn
+                 FROM candidates c
              ), chosen AS (
                  SELECT r.id FROM ranked r
                  JOIN tenants te ON te.id = r.tenant_id
@@ -592,22 +694,25 @@ impl Store for PgStore {
                  WHERE r.rn + COALESCE(ru.n, 0) <= te.concurrency
                  ORDER BY r.priority, r.run_at, r.id
                  LIMIT $2
+             ), locked AS (
+                 SELECT id FROM tasks
+                 WHERE id IN (SELECT id FROM chosen) AND state = 'READY' AND run_at <= $1
+                 FOR UPDATE SKIP LOCKED
              )
              UPDATE tasks t SET state = 'INPROGRESS', attempts = attempts + 1, fence = nextval('task_fence_seq'),
                  lease_owner = $3, lease_expires_at = $4, started_at = $1, cancel_requested = FALSE,
                  version = version + 1, modified_at = $1, logs = logs || $5
-             FROM chosen WHERE t.id = chosen.id
+             FROM locked WHERE t.id = locked.id
              RETURNING {cols}, t.fence",
-            cols = TASK_COLUMNS.split(", ").map(|c| format!("t.{c}")).collect::<Vec<_>>().join(", ")
+            cols = task_columns("t"),
         );
-        // Look past the head of the queue so one tenant at its limit does
-        // not hide the others' tasks.
+        // How far past the head of the queue one claim looks.
         let window = (limit as i64).saturating_mul(20).max(1000);
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(us(now))
+            .bind(pg(now))
             .bind(limit as i64)
             .bind(worker)
-            .bind(us(now) + lease.as_micros() as i64)
+            .bind(lease_until(now, lease))
             .bind(log)
             .bind(window)
             .fetch_all(&mut *tx)
@@ -624,17 +729,20 @@ impl Store for PgStore {
             })
             .collect::<Result<Vec<_>, sqlx::Error>>()
             .map_err(backend)?;
+        // RETURNING has no order of its own.
         claimed.sort_by_key(|c| (c.task.priority, c.task.run_at, c.task.id));
         Ok(claimed)
     }
 
     async fn heartbeat(&self, id: TaskId, fence: i64, lease_until: Timestamp) -> StoreResult<bool> {
+        // The lease is bookkeeping, not a change clients see: no version bump.
         let cancel: Option<bool> = sqlx::query_scalar(
-            "UPDATE tasks SET lease_expires_at = $3 WHERE id = $1 AND fence = $2 AND state = 'INPROGRESS' RETURNING cancel_requested",
+            "UPDATE tasks SET lease_expires_at = $3 WHERE id = $1 AND fence = $2 AND state = 'INPROGRESS'
+             RETURNING cancel_requested",
         )
         .bind(id)
         .bind(fence)
-        .bind(us(lease_until))
+        .bind(pg(lease_until))
         .fetch_optional(&self.pool)
         .await
         .map_err(backend)?;
@@ -649,84 +757,79 @@ impl Store for PgStore {
         total: Option<i64>,
     ) -> StoreResult<()> {
         let n = sqlx::query(
-            "UPDATE tasks SET progress_done = $3, progress_total = COALESCE($4, progress_total), version = version + 1, modified_at = $5
+            "UPDATE tasks SET progress_done = $3, progress_total = COALESCE($4, progress_total),
+                 version = version + 1, modified_at = $5
              WHERE id = $1 AND fence = $2 AND state = 'INPROGRESS'",
         )
         .bind(id)
         .bind(fence)
         .bind(done)
         .bind(total)
-        .bind(us(Timestamp::now()))
+        .bind(pg(Timestamp::now()))
         .execute(&self.pool)
         .await
         .map_err(backend)?
         .rows_affected();
-        if n == 0 {
-            Err(StoreError::LeaseLost(id))
-        } else {
-            Ok(())
-        }
+        fenced(id, n)
     }
 
     async fn append_logs(&self, id: TaskId, fence: i64, logs: Vec<LogEntry>) -> StoreResult<()> {
         let n = sqlx::query(
-            "UPDATE tasks SET logs = logs || $3, version = version + 1, modified_at = $4 WHERE id = $1 AND fence = $2 AND state = 'INPROGRESS'",
+            "UPDATE tasks SET logs = logs || $3, version = version + 1, modified_at = $4
+             WHERE id = $1 AND fence = $2 AND state = 'INPROGRESS'",
         )
         .bind(id)
         .bind(fence)
         .bind(logs_json(&logs))
-        .bind(us(Timestamp::now()))
+        .bind(pg(Timestamp::now()))
         .execute(&self.pool)
         .await
         .map_err(backend)?
         .rows_affected();
-        if n == 0 {
-            Err(StoreError::LeaseLost(id))
-        } else {
-            Ok(())
-        }
+        fenced(id, n)
     }
 
     async fn complete(&self, id: TaskId, fence: i64, done: Completion) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await.map_err(backend)?;
-        check_fence(&mut tx, id, fence).await?;
         let mut logs = vec![LogEntry::transition(
             TaskState::InProgress,
             done.state,
             done.now,
         )];
         logs.extend(done.logs);
-        let (state, run_at) = match done.reschedule {
+        let (state, reschedule) = match done.reschedule {
             Some(at) => {
                 logs.push(LogEntry::transition(done.state, TaskState::Ready, done.now));
-                (TaskState::Ready, Some(us(at)))
+                (TaskState::Ready, Some(at))
             }
             None => (done.state, None),
         };
-        sqlx::query(
-            "UPDATE tasks SET state = $2, errors = $3, output = $4, result = $5, finished_at = $6, modified_at = $6,
+        let sql = format!(
+            "UPDATE tasks SET state = $3, errors = $4, output = $5, result = $6, finished_at = $7, modified_at = $7,
                  version = version + 1, lease_owner = NULL, lease_expires_at = NULL, checkpoint = NULL,
-                 run_at = COALESCE($7, run_at),
-                 trigger = CASE WHEN $7::bigint IS NULL THEN trigger ELSE jsonb_set(trigger, '{once}', to_jsonb($8::text)) END,
-                 logs = logs || $9
-             WHERE id = $1",
-        )
-        .bind(id)
-        .bind(state.as_str())
-        .bind(to_json(&done.errors))
-        .bind(done.output.map(J))
-        .bind(&done.result)
-        .bind(us(done.now))
-        .bind(run_at)
-        .bind(done.reschedule.map(|t| t.to_string()))
-        .bind(logs_json(&logs))
-        .execute(&mut *tx)
-        .await
-        .map_err(backend)?;
-        if run_at.is_some() {
-            notify_work(&mut tx).await?;
-        }
-        tx.commit().await.map_err(backend)
+                 run_at = COALESCE($8, run_at),
+                 trigger = CASE WHEN $8::timestamptz IS NULL THEN trigger ELSE jsonb_set(trigger, '{{once}}', $9) END,
+                 logs = logs || $10
+             WHERE id = $1 AND fence = $2 AND state = 'INPROGRESS'
+             RETURNING {}",
+            wake_when("state = 'READY'")
+        );
+        let n = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .bind(fence)
+            .bind(state.as_str())
+            .bind(to_json(&done.errors))
+            .bind(done.output.map(J))
+            .bind(&done.result)
+            .bind(pg(done.now))
+            .bind(reschedule.map(pg))
+            // `trigger.once` as serde writes a Timestamp.
+            .bind(to_json(&reschedule))
+            .bind(logs_json(&logs))
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?
+            .rows_affected();
+        fenced(id, n)
     }
 
     async fn retry_later(
@@ -745,75 +848,72 @@ impl Store for PgStore {
     }
 
     async fn reclaim_expired(&self, now: Timestamp) -> StoreResult<Vec<TaskId>> {
-        let mut tx = self.pool.begin().await.map_err(backend)?;
-        let expired: Vec<(i64, i64, i64, bool)> = sqlx::query_as(
-            "SELECT id, attempts, max_attempts, cancel_requested FROM tasks
-             WHERE state = 'INPROGRESS' AND lease_expires_at < $1 FOR UPDATE SKIP LOCKED",
-        )
-        .bind(us(now))
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(backend)?;
-        for &(id, attempts, max_attempts, cancel) in &expired {
-            let to = if cancel {
-                TaskState::Cancelled
-            } else if attempts >= max_attempts {
-                TaskState::Fatal
-            } else {
-                TaskState::Ready
-            };
-            let msg = if to == TaskState::Fatal {
-                format!("lease expired; all {max_attempts} attempts are spent")
-            } else {
-                "lease expired".into()
-            };
-            let logs = [
-                LogEntry::transition(TaskState::InProgress, to, now),
-                LogEntry::new(msg, now),
-            ];
-            let finished = (to != TaskState::Ready).then_some(us(now));
-            sqlx::query(
-                "UPDATE tasks SET state = $2, run_at = $3, finished_at = COALESCE($4, finished_at), lease_owner = NULL,
-                     lease_expires_at = NULL, version = version + 1, modified_at = $3, logs = logs || $5 WHERE id = $1",
-            )
-            .bind(id)
-            .bind(to.as_str())
-            .bind(us(now))
-            .bind(finished)
-            .bind(logs_json(&logs))
-            .execute(&mut *tx)
+        // One statement for all of them. Rows locked by a write in flight
+        // (a heartbeat or completion racing the rescuer) are skipped: that
+        // write decides, and a lease still expired is taken next round. The
+        // log entries are built here in LogEntry's serde shape.
+        let sql = format!(
+            "WITH expired AS (
+                 SELECT id, max_attempts,
+                        CASE WHEN cancel_requested THEN 'CANCELLED'
+                             WHEN attempts >= max_attempts THEN 'FATAL'
+                             ELSE 'READY' END AS next
+                 FROM tasks WHERE state = 'INPROGRESS' AND lease_expires_at < $1
+                 FOR UPDATE SKIP LOCKED
+             )
+             UPDATE tasks t SET state = e.next,
+                 run_at = CASE WHEN e.next = 'READY' THEN $1 ELSE t.run_at END,
+                 finished_at = CASE WHEN e.next = 'READY' THEN t.finished_at ELSE $1 END,
+                 lease_owner = NULL, lease_expires_at = NULL, version = version + 1, modified_at = $1,
+                 logs = t.logs || jsonb_build_array(
+                     jsonb_build_object('msg', 'INPROGRESS -> ' || e.next, 'time', $2::jsonb),
+                     jsonb_build_object('msg', CASE WHEN e.next = 'FATAL'
+                         THEN 'lease expired; all ' || e.max_attempts || ' attempts are spent'
+                         ELSE 'lease expired' END, 'time', $2::jsonb))
+             FROM expired e WHERE t.id = e.id
+             RETURNING t.id, {}",
+            wake_when("e.next = 'READY'")
+        );
+        let mut ids: Vec<TaskId> = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(pg(now))
+            .bind(to_json(&now))
+            .fetch_all(&self.pool)
             .await
+            .map_err(backend)?
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()
             .map_err(backend)?;
-        }
-        if !expired.is_empty() {
-            notify_work(&mut tx).await?;
-        }
-        tx.commit().await.map_err(backend)?;
-        Ok(expired.into_iter().map(|e| e.0).collect())
+        ids.sort_unstable();
+        Ok(ids)
     }
 
     async fn next_due(&self) -> StoreResult<Option<Timestamp>> {
-        let at: Option<i64> =
+        let at: Option<PgTime> =
             sqlx::query_scalar("SELECT MIN(run_at) FROM tasks WHERE state = 'READY'")
                 .fetch_one(&self.pool)
                 .await
                 .map_err(backend)?;
-        Ok(at.map(ts))
+        Ok(at.map(PgTime::ts))
     }
 
     async fn wait_for_work(&self, max: Duration) {
+        // A notification that came while nobody waited left a permit, so
+        // this returns at once rather than missing it.
         let _ = tokio::time::timeout(max, self.work.notified()).await;
     }
 
     async fn try_lead(&self, node: &str, ttl: Duration, now: Timestamp) -> StoreResult<bool> {
+        // Taken when absent, expired, or already ours (then extended); the
+        // row lock makes two nodes racing for an expired lease agree.
         let n = sqlx::query(
             "INSERT INTO leader (name, node, expires_at) VALUES ('scheduler', $1, $2)
              ON CONFLICT (name) DO UPDATE SET node = EXCLUDED.node, expires_at = EXCLUDED.expires_at
              WHERE leader.node = EXCLUDED.node OR leader.expires_at < $3",
         )
         .bind(node)
-        .bind(us(now) + ttl.as_micros() as i64)
-        .bind(us(now))
+        .bind(lease_until(now, ttl))
+        .bind(pg(now))
         .execute(&self.pool)
         .await
         .map_err(backend)?
@@ -829,10 +929,10 @@ impl Store for PgStore {
             .bind(&u.sha256)
             .bind(&u.object_key)
             .bind(&u.filename)
-            .bind(us(u.created_at))
+            .bind(pg(u.created_at))
             .execute(&self.pool)
             .await
-            .map_err(backend)?;
+            .map_err(unique_conflict("an upload with this id"))?;
         Ok(())
     }
 
@@ -851,7 +951,7 @@ impl Store for PgStore {
                 sha256: r.try_get(3)?,
                 object_key: r.try_get(4)?,
                 filename: r.try_get(5)?,
-                created_at: ts(r.try_get(6)?),
+                created_at: time(&r, "created_at")?,
             })
         })
         .transpose()
@@ -863,6 +963,7 @@ impl Store for PgStore {
     }
 
     async fn clear_rejects(&self, task: TaskId, fence: i64) -> StoreResult<()> {
+        // Two statements: a lost lease must be told apart from no rejects.
         let mut tx = self.pool.begin().await.map_err(backend)?;
         check_fence(&mut tx, task, fence).await?;
         sqlx::query("DELETE FROM task_rejects WHERE task_id = $1")
@@ -892,17 +993,7 @@ impl Store for PgStore {
         index: &'static IndexDef,
         filter: Option<&Filter>,
     ) -> StoreResult<i64> {
-        let (where_sql, bounds) = crate::data::segment_sql(filter);
-        let sql = format!(
-            "SELECT COUNT(*) FROM {} WHERE tenant_id = $1 AND {where_sql}",
-            index.table
-        );
-        let q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(tenant);
-        let row = crate::data::bind_bounds(q, bounds)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(backend)?;
-        row.try_get(0).map_err(backend)
+        crate::data::count_rows(&self.pool, tenant, index, filter).await
     }
 
     async fn export_rows(
@@ -930,25 +1021,29 @@ impl PgStore {
         give_back: bool,
     ) -> StoreResult<()> {
         let now = Timestamp::now();
-        let mut tx = self.pool.begin().await.map_err(backend)?;
-        check_fence(&mut tx, id, fence).await?;
         logs.insert(
             0,
             LogEntry::transition(TaskState::InProgress, TaskState::Ready, now),
         );
-        sqlx::query(
-            "UPDATE tasks SET state = 'READY', run_at = COALESCE($2, run_at), attempts = attempts - $3, lease_owner = NULL, lease_expires_at = NULL,
-                 version = version + 1, modified_at = $4, logs = logs || $5 WHERE id = $1",
-        )
-        .bind(id)
-        .bind(run_at.map(us))
-        .bind(give_back as i64)
-        .bind(us(now))
-        .bind(logs_json(&logs))
-        .execute(&mut *tx)
-        .await
-        .map_err(backend)?;
-        notify_work(&mut tx).await?;
-        tx.commit().await.map_err(backend)
+        let sql = format!(
+            "UPDATE tasks SET state = 'READY', run_at = COALESCE($3, run_at), attempts = attempts - $4,
+                 lease_owner = NULL, lease_expires_at = NULL, version = version + 1, modified_at = $5,
+                 logs = logs || $6
+             WHERE id = $1 AND fence = $2 AND state = 'INPROGRESS'
+             RETURNING {}",
+            wake_when("TRUE")
+        );
+        let n = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .bind(fence)
+            .bind(run_at.map(pg))
+            .bind(give_back as i64)
+            .bind(pg(now))
+            .bind(logs_json(&logs))
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?
+            .rows_affected();
+        fenced(id, n)
     }
 }
