@@ -24,6 +24,9 @@ pub struct Column {
     pub ty: ColumnType,
     /// Required on import (the natural key always is).
     pub required: bool,
+    /// A JSON object that an import merges into the stored one instead of
+    /// replacing it (custom attributes).
+    pub merge: bool,
 }
 
 const fn col(name: &'static str, ty: ColumnType) -> Column {
@@ -31,6 +34,7 @@ const fn col(name: &'static str, ty: ColumnType) -> Column {
         name,
         ty,
         required: false,
+        merge: false,
     }
 }
 
@@ -39,21 +43,47 @@ const fn key(name: &'static str) -> Column {
         name,
         ty: ColumnType::Text,
         required: true,
+        merge: false,
     }
 }
 
-/// One index: its public name, its table, its columns; the first column is
-/// the natural key that imports upsert by.
+const fn merged(name: &'static str) -> Column {
+    Column {
+        name,
+        ty: ColumnType::Json,
+        required: false,
+        merge: true,
+    }
+}
+
+/// One index: its public name, its table, its columns; the first
+/// `key_len` columns are the natural key that imports upsert by.
 #[derive(Debug, PartialEq, Eq)]
 pub struct IndexDef {
     pub name: &'static str,
     pub table: &'static str,
     pub columns: &'static [Column],
+    pub key_len: usize,
 }
 
 impl IndexDef {
-    pub fn key(&self) -> &Column {
-        &self.columns[0]
+    /// The key's columns (one, or two for list members).
+    pub fn key(&self) -> &'static [Column] {
+        &self.columns[..self.key_len]
+    }
+
+    /// Whether column `i` is part of the key.
+    pub fn is_key(&self, i: usize) -> bool {
+        i < self.key_len
+    }
+
+    /// The key's column names joined by `, ` (for `ON CONFLICT` / `ORDER BY`).
+    pub fn key_sql(&self) -> String {
+        self.key()
+            .iter()
+            .map(|c| c.name)
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     pub fn column(&self, name: &str) -> Option<(usize, &Column)> {
@@ -69,6 +99,7 @@ use ColumnType::*;
 pub static USERS: IndexDef = IndexDef {
     name: "users",
     table: "idx_users",
+    key_len: 1,
     columns: &[
         key("user_id"),
         col("email", Text),
@@ -83,13 +114,14 @@ pub static USERS: IndexDef = IndexDef {
         col("push_opt_in", Boolean),
         col("created_at", Time),
         col("last_active_at", Time),
-        col("attributes", Json),
+        merged("attributes"),
     ],
 };
 
 pub static TRANSACTIONS: IndexDef = IndexDef {
     name: "transactions",
     table: "idx_transactions",
+    key_len: 1,
     columns: &[
         key("transaction_id"),
         col("user_id", Text),
@@ -104,6 +136,7 @@ pub static TRANSACTIONS: IndexDef = IndexDef {
 pub static VOUCHERS: IndexDef = IndexDef {
     name: "vouchers",
     table: "idx_vouchers",
+    key_len: 1,
     columns: &[
         key("voucher_id"),
         col("user_id", Text),
@@ -120,6 +153,7 @@ pub static VOUCHERS: IndexDef = IndexDef {
 pub static WALLET_LEDGER: IndexDef = IndexDef {
     name: "wallet-ledger",
     table: "idx_wallet_ledger",
+    key_len: 1,
     columns: &[
         key("entry_id"),
         col("user_id", Text),
@@ -134,6 +168,7 @@ pub static WALLET_LEDGER: IndexDef = IndexDef {
 pub static PRODUCTS: IndexDef = IndexDef {
     name: "products",
     table: "idx_products",
+    key_len: 1,
     columns: &[
         key("product_id"),
         col("name", Text),
@@ -148,6 +183,7 @@ pub static PRODUCTS: IndexDef = IndexDef {
 pub static PRODUCT_VARIANTS: IndexDef = IndexDef {
     name: "product-variants",
     table: "idx_product_variants",
+    key_len: 1,
     columns: &[
         key("variant_id"),
         col("product_id", Text),
@@ -159,13 +195,86 @@ pub static PRODUCT_VARIANTS: IndexDef = IndexDef {
     ],
 };
 
-pub static ALL: [&IndexDef; 6] = [
+/// A profile's devices; push goes to the enabled ones.
+pub static DEVICES: IndexDef = IndexDef {
+    name: "devices",
+    table: "idx_devices",
+    key_len: 1,
+    columns: &[
+        key("device_id"),
+        col("user_id", Text),
+        col("platform", Text),
+        col("token", Text),
+        col("push_enabled", Boolean),
+        col("last_seen_at", Time),
+        col("created_at", Time),
+    ],
+};
+
+pub static LISTS: IndexDef = IndexDef {
+    name: "lists",
+    table: "idx_lists",
+    key_len: 1,
+    columns: &[key("list_id"), col("name", Text), col("created_at", Time)],
+};
+
+/// Who is on which list: keyed by the pair.
+pub static LIST_MEMBERS: IndexDef = IndexDef {
+    name: "list-members",
+    table: "idx_list_members",
+    key_len: 2,
+    columns: &[key("list_id"), key("user_id"), col("added_at", Time)],
+};
+
+/// A campaign targets `segment` (a filter) or the saved `segment_id` on
+/// one channel: email, push or sms.
+pub static CAMPAIGNS: IndexDef = IndexDef {
+    name: "campaigns",
+    table: "idx_campaigns",
+    key_len: 1,
+    columns: &[
+        key("campaign_id"),
+        col("name", Text),
+        col("channel", Text),
+        col("segment_id", Integer),
+        col("segment", Json),
+        col("status", Text),
+        col("created_at", Time),
+        col("sent_at", Time),
+    ],
+};
+
+/// One message to one recipient, with its delivery times.
+pub static SENDS: IndexDef = IndexDef {
+    name: "sends",
+    table: "idx_sends",
+    key_len: 1,
+    columns: &[
+        key("send_id"),
+        col("campaign_id", Text),
+        col("user_id", Text),
+        col("device_id", Text),
+        col("channel", Text),
+        col("status", Text),
+        col("sent_at", Time),
+        col("delivered_at", Time),
+        col("opened_at", Time),
+        col("clicked_at", Time),
+    ],
+};
+
+pub static ALL: [&IndexDef; 11] = [
     &USERS,
     &TRANSACTIONS,
     &VOUCHERS,
     &WALLET_LEDGER,
     &PRODUCTS,
     &PRODUCT_VARIANTS,
+    &DEVICES,
+    &LISTS,
+    &LIST_MEMBERS,
+    &CAMPAIGNS,
+    &SENDS,
 ];
 
 pub fn by_name(name: &str) -> Option<&'static IndexDef> {

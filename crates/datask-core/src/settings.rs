@@ -58,3 +58,24 @@ impl Default for ProfileSettings {
 
 /// Columns that may identify a profile.
 pub const IDENTIFIER_COLUMNS: [&str; 3] = ["user_id", "email", "mobile_number"];
+
+/// How a `date` attribute is kept inside the profile's JSON: UTC to the
+/// second, fixed width, so comparing the text compares the instants.
+pub fn attribute_time(micros: i64) -> String {
+    match jiff::Timestamp::from_second(micros.div_euclid(1_000_000)) {
+        Ok(t) => t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        Err(_) => micros.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn attribute_times_are_fixed_width() {
+        assert_eq!(super::attribute_time(0), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            super::attribute_time(1_700_000_000_500_000),
+            "2023-11-14T22:13:20Z"
+        );
+    }
+}

@@ -6,6 +6,25 @@
 
 use datask_core::index::{Column, ColumnType, Value};
 
+/// What a cell is checked against: an index column, or a custom attribute
+/// (whose name is the tenant's, not compiled in).
+#[derive(Debug, Clone, Copy)]
+pub struct Spec<'a> {
+    pub name: &'a str,
+    pub ty: ColumnType,
+    pub required: bool,
+}
+
+impl<'a> From<&'a Column> for Spec<'a> {
+    fn from(c: &'a Column) -> Self {
+        Spec {
+            name: c.name,
+            ty: c.ty,
+            required: c.required,
+        }
+    }
+}
+
 use crate::import::RowProblem;
 
 /// How much of a bad value a message repeats.
@@ -29,7 +48,7 @@ fn expected(ty: ColumnType) -> &'static str {
     }
 }
 
-fn invalid(col: &Column, raw: &str) -> RowProblem {
+fn invalid(col: &Spec, raw: &str) -> RowProblem {
     RowProblem {
         code: "invalid_value",
         column: Some(col.name.to_string()),
@@ -42,7 +61,7 @@ fn invalid(col: &Column, raw: &str) -> RowProblem {
     }
 }
 
-fn missing(col: &Column, is_key: bool) -> RowProblem {
+fn missing(col: &Spec, is_key: bool) -> RowProblem {
     if is_key {
         RowProblem {
             code: "missing_identifier",
@@ -58,7 +77,7 @@ fn missing(col: &Column, is_key: bool) -> RowProblem {
     }
 }
 
-fn null(col: &Column, is_key: bool) -> Result<Value, RowProblem> {
+fn null(col: &Spec, is_key: bool) -> Result<Value, RowProblem> {
     if is_key || col.required {
         Err(missing(col, is_key))
     } else {
@@ -69,6 +88,10 @@ fn null(col: &Column, is_key: bool) -> Result<Value, RowProblem> {
 /// A CSV cell (or a JSON string). Empty is null, except for the key (and
 /// any other required column).
 pub fn parse_text(col: &Column, is_key: bool, raw: &str) -> Result<Value, RowProblem> {
+    text_cell(&Spec::from(col), is_key, raw)
+}
+
+pub(crate) fn text_cell(col: &Spec, is_key: bool, raw: &str) -> Result<Value, RowProblem> {
     if raw.is_empty() {
         return null(col, is_key);
     }
@@ -238,16 +261,20 @@ fn fast_time(s: &[u8]) -> Option<i64> {
 /// parser (`None` when the key is absent). Strings are read like CSV cells;
 /// numbers, booleans and objects must fit the column; `null` is null.
 pub fn parse_json(col: &Column, is_key: bool, text: Option<&str>) -> Result<Value, RowProblem> {
+    json_cell(&Spec::from(col), is_key, text)
+}
+
+pub(crate) fn json_cell(col: &Spec, is_key: bool, text: Option<&str>) -> Result<Value, RowProblem> {
     let Some(text) = text else {
         return null(col, is_key);
     };
     match text.as_bytes().first() {
         None | Some(b'n') => null(col, is_key),
         Some(b'"') => match serde_json::from_str::<&str>(text) {
-            Ok(s) => parse_text(col, is_key, s),
+            Ok(s) => text_cell(col, is_key, s),
             // Escapes: the unescaped text is a new string.
             Err(_) => match serde_json::from_str::<String>(text) {
-                Ok(s) => parse_text(col, is_key, &s),
+                Ok(s) => text_cell(col, is_key, &s),
                 Err(_) => Err(invalid(col, text)),
             },
         },
@@ -259,7 +286,7 @@ pub fn parse_json(col: &Column, is_key: bool, text: Option<&str>) -> Result<Valu
 }
 
 /// A JSON number (its exact text) for a column.
-fn json_number(col: &Column, text: &str) -> Result<Value, RowProblem> {
+fn json_number(col: &Spec, text: &str) -> Result<Value, RowProblem> {
     let bad = || invalid(col, text);
     match col.ty {
         // Kept as written, so `123` as an identifier is "123".

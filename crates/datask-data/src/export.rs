@@ -461,7 +461,7 @@ mod tests {
                         .columns
                         .iter()
                         .enumerate()
-                        .map(|(i, c)| g.value(c.ty, i == 0))
+                        .map(|(i, c)| g.value(c.ty, index.is_key(i)))
                         .collect()
                 })
                 .collect();

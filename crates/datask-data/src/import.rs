@@ -13,6 +13,7 @@ use serde::de::{self, DeserializeSeed, Deserializer as _, IgnoredAny, MapAccess,
 use serde_json::value::RawValue;
 
 use crate::cell;
+use crate::schema::{Schema, Slot};
 
 /// The longest record (CSV record or JSON line) read before the file is
 /// given up on: an unclosed quote must not pull a whole file into memory.
@@ -195,88 +196,91 @@ enum Source<R: Read> {
         line: Vec<u8>,
         /// The line in `line` is the first one, read at open, not yet given.
         pending: bool,
-        /// Column names in the order of `columns`.
-        names: Vec<&'static str>,
-        /// Byte ranges of each column's JSON value in the current line.
-        slots: Vec<Option<(usize, usize)>>,
+        /// Byte ranges of each file column's JSON value in the current line.
+        ranges: Vec<Option<(usize, usize)>>,
     },
 }
 
 /// Reads an import file row by row. See the module documentation.
 pub struct ImportReader<R: Read> {
-    index: &'static IndexDef,
+    schema: Schema,
+    /// The file's column names, as written.
+    names: Vec<String>,
+    /// Where each file column goes.
+    slots: Vec<Slot>,
+    /// Positions in `index.columns` of the values a row yields.
     columns: Vec<usize>,
+    /// Column problems that did not stop the import (profiles).
+    problems: Vec<ColumnProblem>,
+    /// Profiles without a `user_id` column: it comes from the identifier.
+    derive_user_id: bool,
     source: Source<R>,
     /// The row number of the last record read.
     row: i64,
 }
 
-fn header_problems(index: &IndexDef, names: &[String]) -> (Vec<usize>, Vec<ColumnProblem>) {
-    let mut columns = Vec::with_capacity(names.len());
-    let mut problems = Vec::new();
-    for (pos, name) in names.iter().enumerate() {
-        if name.is_empty() {
-            problems.push(ColumnProblem {
-                column: String::new(),
-                message: format!("Column {} of the header has no name", pos + 1),
-            });
-        } else if names[..pos].contains(name) {
-            // Reported once, at its second appearance.
-            if names[..pos].iter().filter(|n| *n == name).count() == 1 {
-                problems.push(ColumnProblem {
-                    column: name.clone(),
-                    message: format!("Column '{name}' appears more than once"),
-                });
-            }
-        } else {
-            match index.column(name) {
-                Some((i, _)) => columns.push(i),
-                None => problems.push(ColumnProblem {
-                    column: name.clone(),
-                    message: format!(
-                        "Column '{name}' is not a recognized field of index '{}'",
-                        index.name
-                    ),
-                }),
-            }
-        }
-    }
-    for (i, col) in index.columns.iter().enumerate() {
-        if (i == 0 || col.required) && !names.iter().any(|n| n == col.name) {
-            problems.push(ColumnProblem {
-                column: col.name.to_string(),
-                message: if i == 0 {
-                    format!(
-                        "Column '{}' is required: it identifies the rows of index '{}'",
-                        col.name, index.name
-                    )
-                } else {
-                    format!(
-                        "Column '{}' is required by index '{}'",
-                        col.name, index.name
-                    )
-                },
-            });
-        }
-    }
-    (columns, problems)
-}
-
 impl<R: Read> ImportReader<R> {
-    /// Reads and checks the header (CSV) or the first object (JSON lines).
-    /// Column problems are all reported together, before any row is read.
+    /// Reads and checks the header (CSV) or the first object (JSON lines)
+    /// against an index. Column problems are all reported together, before
+    /// any row is read.
     pub fn open(
         reader: R,
         format: InputFormat,
         index: &'static IndexDef,
     ) -> Result<Self, OpenError> {
+        Self::open_with(reader, format, Schema::index(index))
+    }
+
+    /// As [`Self::open`], against any schema (e.g. [`Schema::profiles`]).
+    pub fn open_with(reader: R, format: InputFormat, schema: Schema) -> Result<Self, OpenError> {
         match format {
-            InputFormat::Csv => Self::open_csv(reader, index),
-            InputFormat::JsonLines => Self::open_json(reader, index),
+            InputFormat::Csv => Self::open_csv(reader, schema),
+            InputFormat::JsonLines => Self::open_json(reader, schema),
         }
     }
 
-    fn open_csv(reader: R, index: &'static IndexDef) -> Result<Self, OpenError> {
+    /// Maps the header; `Err` when a problem stops the import.
+    fn plan(
+        schema: Schema,
+        names: Vec<String>,
+        source: Source<R>,
+        row: i64,
+    ) -> Result<Self, OpenError> {
+        let (slots, problems, fatal) = schema.map_header(&names);
+        if fatal {
+            return Err(OpenError::Columns(problems));
+        }
+        let mut columns: Vec<usize> = slots
+            .iter()
+            .filter_map(|s| match s {
+                Slot::Column(c) => Some(*c),
+                _ => None,
+            })
+            .collect();
+        let derive_user_id = schema.profiles && !columns.contains(&0);
+        if derive_user_id {
+            columns.push(0);
+        }
+        if slots.iter().any(|s| matches!(s, Slot::Attribute(_))) {
+            let (at, _) = schema
+                .index
+                .column("attributes")
+                .expect("profiles have attributes");
+            columns.push(at);
+        }
+        Ok(ImportReader {
+            schema,
+            names,
+            slots,
+            columns,
+            problems,
+            derive_user_id,
+            source,
+            row,
+        })
+    }
+
+    fn open_csv(reader: R, schema: Schema) -> Result<Self, OpenError> {
         let mut reader = csv::ReaderBuilder::new()
             .has_headers(false)
             .flexible(true)
@@ -301,23 +305,20 @@ impl<R: Read> ImportReader<R> {
         if names.len() == 1 && names[0].is_empty() {
             return Err(FileError::Empty.into());
         }
-        let (columns, problems) = header_problems(index, &names);
-        if !problems.is_empty() {
-            return Err(OpenError::Columns(problems));
-        }
-        Ok(ImportReader {
-            index,
-            columns,
-            source: Source::Csv {
+        let width = names.len();
+        Self::plan(
+            schema,
+            names,
+            Source::Csv {
                 reader,
-                record: csv::ByteRecord::with_capacity(1024, names.len()),
-                width: names.len(),
+                record: csv::ByteRecord::with_capacity(1024, width),
+                width,
             },
-            row: 1,
-        })
+            1,
+        )
     }
 
-    fn open_json(reader: R, index: &'static IndexDef) -> Result<Self, OpenError> {
+    fn open_json(reader: R, schema: Schema) -> Result<Self, OpenError> {
         let mut lines = BufReader::with_capacity(READ_BUFFER, Input::new(reader));
         let mut line = Vec::with_capacity(1024);
         let mut number = 0;
@@ -336,24 +337,24 @@ impl<R: Read> ImportReader<R> {
                 line: number,
                 problem: e.to_string(),
             })?;
-        let (columns, problems) = header_problems(index, &keys);
-        if !problems.is_empty() {
-            return Err(OpenError::Columns(problems));
-        }
-        let names = columns.iter().map(|&c| index.columns[c].name).collect();
-        let slots = vec![None; columns.len()];
-        Ok(ImportReader {
-            index,
-            columns,
-            source: Source::Json {
+        let ranges = vec![None; keys.len()];
+        Self::plan(
+            schema,
+            keys,
+            Source::Json {
                 lines,
                 line,
                 pending: true,
-                names,
-                slots,
+                ranges,
             },
-            row: number,
-        })
+            number,
+        )
+    }
+
+    /// Column problems that did not stop the import: those columns are
+    /// skipped (profile imports; always empty otherwise).
+    pub fn column_problems(&self) -> &[ColumnProblem] {
+        &self.problems
     }
 
     /// Changes the longest record accepted (default [`MAX_RECORD_BYTES`]);
@@ -365,23 +366,22 @@ impl<R: Read> ImportReader<R> {
         }
     }
 
-    /// Positions in `index.columns` of the file's columns, in file order
-    /// (for JSON lines, the first object's key order). Always includes 0,
+    /// Positions in `index.columns` of the values each row yields: the
+    /// file's index columns in file order (for JSON lines, the first
+    /// object's key order); for profiles then `user_id` when derived and
+    /// `attributes` when the file has attribute columns. Always includes
     /// the key.
     pub fn columns(&self) -> &[usize] {
         &self.columns
     }
 
-    /// The file's column names, in the order of [`Self::columns`].
+    /// The file's column names as written (the header of a failed-rows file).
     pub fn column_names(&self) -> Vec<String> {
-        self.columns
-            .iter()
-            .map(|&c| self.index.columns[c].name.to_string())
-            .collect()
+        self.names.clone()
     }
 
     pub fn index(&self) -> &'static IndexDef {
-        self.index
+        self.schema.index
     }
 
     pub fn format(&self) -> InputFormat {
@@ -439,7 +439,11 @@ impl<R: Read> ImportReader<R> {
                 }
                 reader.get_mut().mark();
                 self.row += 1;
-                let (raw, outcome) = parse_csv_record(self.index, &self.columns, record, *width);
+                let (raw, mut outcome) =
+                    parse_csv_record(&self.schema, &self.names, &self.slots, record, *width);
+                if let Ok(values) = &mut outcome {
+                    finish_profile(&self.schema, self.derive_user_id, &self.slots, values);
+                }
                 Some(Ok(ParsedRow {
                     row: self.row,
                     raw,
@@ -450,8 +454,7 @@ impl<R: Read> ImportReader<R> {
                 lines,
                 line,
                 pending,
-                names,
-                slots,
+                ranges,
             } => {
                 if !std::mem::take(pending) {
                     match next_line(lines, line, &mut self.row) {
@@ -462,10 +465,14 @@ impl<R: Read> ImportReader<R> {
                 }
                 let bytes = line.trim_ascii();
                 let (raw, outcome) = match std::str::from_utf8(bytes) {
-                    Ok(text) => (
-                        text.to_string(),
-                        parse_json_line(self.index, &self.columns, names, slots, text),
-                    ),
+                    Ok(text) => {
+                        let mut outcome =
+                            parse_json_line(&self.schema, &self.names, &self.slots, ranges, text);
+                        if let Ok(values) = &mut outcome {
+                            finish_profile(&self.schema, self.derive_user_id, &self.slots, values);
+                        }
+                        (text.to_string(), outcome)
+                    }
                     Err(e) => (
                         String::from_utf8_lossy(bytes).into_owned(),
                         Err(RowProblem {
@@ -568,12 +575,15 @@ pub(crate) fn push_csv_field(out: &mut String, field: &str) {
 }
 
 /// Validates one CSV record and re-encodes it as one line, in one pass.
+/// Values come in slot order: index columns first, then attributes.
 fn parse_csv_record(
-    index: &IndexDef,
-    columns: &[usize],
+    schema: &Schema,
+    names: &[String],
+    slots: &[Slot],
     record: &csv::ByteRecord,
     width: usize,
 ) -> (String, Result<Vec<Value>, RowProblem>) {
+    let index = schema.index;
     let mut raw = String::with_capacity(record.as_slice().len() + record.len() + 8);
     let mut outcome = if record.len() == width {
         Ok(Vec::with_capacity(width))
@@ -584,6 +594,7 @@ fn parse_csv_record(
             message: format!("Row has {} fields, the header has {width}", record.len()),
         })
     };
+    let mut attributes = Vec::new();
     // One UTF-8 check for the whole record; a field is then valid when
     // it starts and ends on character boundaries.
     let whole = std::str::from_utf8(record.as_slice()).ok();
@@ -601,7 +612,7 @@ fn parse_csv_record(
             Err(_) => {
                 push_csv_field(&mut raw, &String::from_utf8_lossy(field));
                 if outcome.is_ok() {
-                    let name = index.columns[columns[pos]].name;
+                    let name = names.get(pos).map(String::as_str).unwrap_or("?");
                     outcome = Err(RowProblem {
                         code: "invalid_utf8",
                         column: Some(name.to_string()),
@@ -617,18 +628,94 @@ fn parse_csv_record(
             raw.push_str(text);
         }
         if let Ok(values) = &mut outcome {
-            let c = columns[pos];
-            match cell::parse_text(&index.columns[c], c == 0, text) {
-                Ok(v) => values.push(v),
-                Err(p) => outcome = Err(p),
+            match slots.get(pos) {
+                Some(Slot::Column(c)) => {
+                    match cell::parse_text(&index.columns[*c], schema.is_identifier(*c), text) {
+                        Ok(v) => values.push(v),
+                        Err(p) => outcome = Err(p),
+                    }
+                }
+                Some(Slot::Attribute(a)) => {
+                    let (name, ty) = &schema.attributes[*a];
+                    let spec = cell::Spec {
+                        name,
+                        ty: *ty,
+                        required: false,
+                    };
+                    match cell::text_cell(&spec, false, text) {
+                        Ok(v) => attributes.push(v),
+                        Err(p) => outcome = Err(p),
+                    }
+                }
+                _ => {}
             }
         }
+    }
+    if let Ok(values) = &mut outcome {
+        values.append(&mut attributes);
     }
     // A lone empty field must stay a (quoted) record, not a blank line.
     if raw.is_empty() && record.len() == 1 {
         raw.push_str("\"\"");
     }
     (raw, outcome)
+}
+
+/// Profiles: the attribute values (at the end, in slot order) become one
+/// JSON object, and a missing `user_id` comes from the identifier.
+fn finish_profile(schema: &Schema, derive_user_id: bool, slots: &[Slot], values: &mut Vec<Value>) {
+    if !schema.profiles {
+        return;
+    }
+    let column_at = |c: usize| {
+        slots
+            .iter()
+            .filter_map(|s| match s {
+                Slot::Column(c) => Some(*c),
+                _ => None,
+            })
+            .position(|x| x == c)
+    };
+    let n_columns = slots
+        .iter()
+        .filter(|s| matches!(s, Slot::Column(_)))
+        .count();
+    let attrs = values.split_off(n_columns);
+    let identifier = column_at(schema.identifier).map(|p| values[p].clone());
+    if derive_user_id {
+        values.push(identifier.unwrap_or(Value::Null));
+    } else if let Some(p) = column_at(0)
+        && values[p] == Value::Null
+    {
+        values[p] = identifier.unwrap_or(Value::Null);
+    }
+    if attrs.is_empty() {
+        return;
+    }
+    let mut object = serde_json::Map::new();
+    let attribute_slots = slots.iter().filter_map(|s| match s {
+        Slot::Attribute(a) => Some(*a),
+        _ => None,
+    });
+    for (a, value) in attribute_slots.zip(attrs) {
+        let v = match value {
+            Value::Null => None,
+            Value::Text(s) => Some(serde_json::Value::from(s)),
+            Value::Number(f) => serde_json::Number::from_f64(f).map(Into::into),
+            Value::Integer(i) => Some(i.into()),
+            Value::Boolean(b) => Some(b.into()),
+            Value::Time(us) => Some(datask_core::settings::attribute_time(us).into()),
+            Value::Json(j) => serde_json::from_str(&j).ok(),
+        };
+        if let Some(v) = v {
+            object.insert(schema.attributes[a].0.clone(), v);
+        }
+    }
+    values.push(if object.is_empty() {
+        Value::Null
+    } else {
+        Value::Json(serde_json::Value::Object(object).to_string())
+    });
 }
 
 /// The first line's keys, in order.
@@ -653,13 +740,13 @@ impl<'de> Visitor<'de> for KeysVisitor {
     }
 }
 
-/// A later line's key: one of the columns, or the first unknown one.
+/// A later line's key: one of the first line's, or the first unknown one.
 enum Key {
     Known(usize),
     Unknown(String),
 }
 
-struct KeySeed<'a>(&'a [&'static str]);
+struct KeySeed<'a>(&'a [String]);
 
 impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
     type Value = Key;
@@ -677,7 +764,7 @@ impl<'de> Visitor<'de> for KeySeed<'_> {
     }
 
     fn visit_str<E: de::Error>(self, key: &str) -> Result<Key, E> {
-        Ok(match self.0.iter().position(|n| *n == key) {
+        Ok(match self.0.iter().position(|n| n == key) {
             Some(i) => Key::Known(i),
             None => Key::Unknown(key.to_string()),
         })
@@ -688,8 +775,8 @@ impl<'de> Visitor<'de> for KeySeed<'_> {
 /// anything; the first unknown key is kept.
 struct LineVisitor<'a> {
     base: usize,
-    names: &'a [&'static str],
-    slots: &'a mut [Option<(usize, usize)>],
+    names: &'a [String],
+    ranges: &'a mut [Option<(usize, usize)>],
 }
 
 impl<'de> Visitor<'de> for LineVisitor<'_> {
@@ -706,7 +793,7 @@ impl<'de> Visitor<'de> for LineVisitor<'_> {
                 Key::Known(i) => {
                     let v: &'de RawValue = map.next_value()?;
                     let start = v.get().as_ptr() as usize - self.base;
-                    self.slots[i] = Some((start, start + v.get().len()));
+                    self.ranges[i] = Some((start, start + v.get().len()));
                 }
                 Key::Unknown(k) => {
                     map.next_value::<IgnoredAny>()?;
@@ -718,19 +805,20 @@ impl<'de> Visitor<'de> for LineVisitor<'_> {
     }
 }
 
+/// Values in slot order: index columns first, then attributes.
 fn parse_json_line(
-    index: &IndexDef,
-    columns: &[usize],
-    names: &[&'static str],
-    slots: &mut [Option<(usize, usize)>],
+    schema: &Schema,
+    names: &[String],
+    slots: &[Slot],
+    ranges: &mut [Option<(usize, usize)>],
     text: &str,
 ) -> Result<Vec<Value>, RowProblem> {
-    slots.fill(None);
+    ranges.fill(None);
     let mut de = serde_json::Deserializer::from_str(text);
     let visitor = LineVisitor {
         base: text.as_ptr() as usize,
         names,
-        slots,
+        ranges,
     };
     let unknown = de
         .deserialize_map(visitor)
@@ -747,11 +835,29 @@ fn parse_json_line(
             message: format!("Field '{extra}' is not among the first line's fields"),
         });
     }
-    let mut values = Vec::with_capacity(columns.len());
-    for (&c, slot) in columns.iter().zip(slots.iter()) {
-        let raw = slot.map(|(start, end)| &text[start..end]);
-        values.push(cell::parse_json(&index.columns[c], c == 0, raw)?);
+    let mut values = Vec::with_capacity(slots.len());
+    let mut attributes = Vec::new();
+    for (slot, range) in slots.iter().zip(ranges.iter()) {
+        let raw = range.map(|(start, end)| &text[start..end]);
+        match slot {
+            Slot::Column(c) => values.push(cell::parse_json(
+                &schema.index.columns[*c],
+                schema.is_identifier(*c),
+                raw,
+            )?),
+            Slot::Attribute(a) => {
+                let (name, ty) = &schema.attributes[*a];
+                let spec = cell::Spec {
+                    name,
+                    ty: *ty,
+                    required: false,
+                };
+                attributes.push(cell::json_cell(&spec, false, raw)?);
+            }
+            Slot::Ignored => {}
+        }
     }
+    values.append(&mut attributes);
     Ok(values)
 }
 

@@ -11,6 +11,7 @@ pub mod export;
 pub mod failed_rows;
 pub mod import;
 pub mod report;
+mod schema;
 
 pub use cell::parse_time;
 pub use export::{ExportFormat, ExportWriter, format_time};
@@ -20,3 +21,4 @@ pub use import::{
     RowProblem, detect_format,
 };
 pub use report::{format_group, row_message};
+pub use schema::Schema;

@@ -65,8 +65,19 @@ fn upsert_sql(index: &IndexDef, columns: &[usize]) -> String {
         .collect();
     let updates: Vec<String> = cols
         .iter()
-        .skip(1)
-        .map(|c| format!("{c} = EXCLUDED.{c}"))
+        .skip(index.key_len)
+        .map(|c| {
+            if index.column(c).is_some_and(|(_, col)| col.merge) {
+                // Custom attributes merge into what is there; a key given
+                // as null is removed; an empty cell changes nothing.
+                format!(
+                    "{c} = CASE WHEN EXCLUDED.{c} IS NULL THEN tbl.{c} \
+                     ELSE jsonb_strip_nulls(COALESCE(tbl.{c}, '{{}}'::jsonb) || EXCLUDED.{c}) END"
+                )
+            } else {
+                format!("{c} = EXCLUDED.{c}")
+            }
+        })
         .chain(["_import_run = EXCLUDED._import_run".to_string()])
         .collect();
     format!(
@@ -80,10 +91,13 @@ fn upsert_sql(index: &IndexDef, columns: &[usize]) -> String {
         exprs = exprs.join(", "),
         unnest = unnest.join(", "),
         aliases = aliases.join(", "),
-        key = index.key().name,
+        key = index.key_sql(),
         updates = updates.join(", "),
     )
 }
+
+/// Joins the parts of a two-column key (a byte no identifier holds).
+const KEY_SEPARATOR: &str = "\u{1f}";
 
 /// A value of another type than its column's is the caller's bug; writing
 /// NULL instead would lose data without a word.
@@ -208,9 +222,15 @@ pub(crate) async fn import_batch(pool: &PgPool, batch: ImportBatch) -> StoreResu
     if batch.dry_run {
         out.applied = batch.rows.len() as i64;
     } else if !batch.rows.is_empty() {
-        let key_at = batch.columns.iter().position(|&c| c == 0).ok_or_else(|| {
-            StoreError::Backend(format!("{}: a batch without its key", batch.index.name).into())
-        })?;
+        let key_at: Vec<usize> = (0..batch.index.key_len)
+            .map(|k| {
+                batch.columns.iter().position(|&c| c == k).ok_or_else(|| {
+                    StoreError::Backend(
+                        format!("{}: a batch without its key", batch.index.name).into(),
+                    )
+                })
+            })
+            .collect::<StoreResult<_>>()?;
         let mut q = sqlx::query(sqlx::AssertSqlSafe(upsert_sql(batch.index, &batch.columns)))
             .bind(batch.tenant_id)
             .bind(batch.run_tag);
@@ -222,14 +242,26 @@ pub(crate) async fn import_batch(pool: &PgPool, batch: ImportBatch) -> StoreResu
             .await
             .map_err(backend)?
             .iter()
-            .map(|r| r.try_get::<String, _>(0))
+            .map(|r| {
+                (0..key_at.len())
+                    .map(|k| r.try_get::<String, _>(k))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map(|parts| parts.join(KEY_SEPARATOR))
+            })
             .collect::<Result<_, _>>()
             .map_err(backend)?;
         out.applied = written.len() as i64;
         // Keys are distinct within a batch, so a key not written back is one
         // this run wrote in an earlier batch.
         for row in &batch.rows {
-            let written = matches!(&row.values[key_at], Value::Text(k) if written.contains(k));
+            let key: Option<Vec<&str>> = key_at
+                .iter()
+                .map(|&p| match &row.values[p] {
+                    Value::Text(k) => Some(k.as_str()),
+                    _ => None,
+                })
+                .collect();
+            let written = key.is_some_and(|k| written.contains(&k.join(KEY_SEPARATOR)));
             if !written {
                 out.duplicates += 1;
                 rejects.push(RowReject {
@@ -420,7 +452,7 @@ pub(crate) fn export_rows(
         "SELECT {} FROM {} WHERE tenant_id = $1 AND {where_sql} ORDER BY {}",
         cols.join(", "),
         index.table,
-        index.key().name
+        index.key_sql()
     );
     let producer = tokio::spawn(async move {
         let query = bind_bounds(sqlx::query(sqlx::AssertSqlSafe(sql)).bind(tenant), bounds);

@@ -42,8 +42,20 @@ fn upsert_sql(index: &IndexDef, columns: &[usize]) -> String {
     let placeholders: Vec<String> = (0..names.len()).map(|i| format!("?{}", i + 2)).collect();
     let updates: Vec<String> = names
         .iter()
-        .skip(1)
-        .map(|n| format!("{n} = excluded.{n}"))
+        .skip(index.key_len)
+        .map(|n| {
+            if index.column(n).is_some_and(|(_, c)| c.merge) {
+                // Custom attributes merge into what is there; a key given
+                // as null is removed; an empty cell changes nothing.
+                format!(
+                    "{n} = CASE WHEN excluded.{n} IS NULL THEN {t}.{n} \
+                     ELSE json_patch(COALESCE({t}.{n}, '{{}}'), excluded.{n}) END",
+                    t = index.table
+                )
+            } else {
+                format!("{n} = excluded.{n}")
+            }
+        })
         .chain(["_import_run = excluded._import_run".to_string()])
         .collect();
     format!(
@@ -54,7 +66,7 @@ fn upsert_sql(index: &IndexDef, columns: &[usize]) -> String {
         cols = names.join(", "),
         ph = placeholders.join(", "),
         run = names.len() + 2,
-        key = index.key().name,
+        key = index.key_sql(),
         updates = updates.join(", "),
     )
 }
@@ -219,7 +231,7 @@ pub(crate) fn export_rows(
                     "SELECT {} FROM {} WHERE tenant_id = ?1 AND {where_sql} ORDER BY {}",
                     cols.join(", "),
                     index.table,
-                    index.key().name
+                    index.key_sql()
                 );
                 let mut stmt = conn.prepare(&sql)?;
                 let mut args: Vec<rusqlite::types::Value> = vec![tenant.into()];
@@ -284,8 +296,9 @@ mod tests {
     #[test]
     fn tables_match_index_schema() {
         let conn = Connection::open_in_memory().unwrap();
-        conn.execute_batch(include_str!("../migrations/0001_init.sql"))
-            .unwrap();
+        for (_, sql) in crate::MIGRATIONS {
+            conn.execute_batch(sql).unwrap();
+        }
         for index in datask_core::index::ALL {
             let mut stmt = conn
                 .prepare(&format!("PRAGMA table_info({})", index.table))

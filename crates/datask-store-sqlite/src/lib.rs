@@ -24,6 +24,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0003_settings",
         include_str!("../migrations/0003_settings.sql"),
     ),
+    (
+        "0004_customer_data",
+        include_str!("../migrations/0004_customer_data.sql"),
+    ),
 ];
 const READERS: usize = 4;
 

@@ -1007,6 +1007,7 @@ pub async fn export_every_type_in_key_order(s: S) {
             .enumerate()
             .map(|(i, col)| match (i, col.ty) {
                 (0, _) => Value::Text("k2".into()),
+                (1, _) if idx.is_key(1) => Value::Text("m".into()),
                 (_, index::ColumnType::Text) => {
                     Value::Text(format!("{} é, \"quoted\"\ttab\\\\back\nline\r", col.name))
                 }
@@ -1020,6 +1021,9 @@ pub async fn export_every_type_in_key_order(s: S) {
         let columns: Vec<usize> = (0..idx.columns.len()).collect();
         let mut key_only = vec![Value::Null; idx.columns.len()];
         key_only[0] = Value::Text("k1".into());
+        if idx.is_key(1) {
+            key_only[1] = Value::Text("m".into());
+        }
         let rows = vec![
             ImportRow {
                 row: 2,

@@ -11,10 +11,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
-use datask_core::index::{IndexDef, Value as Cell};
+use datask_core::index::Value as Cell;
 use datask_core::store::{ImportBatch, ImportRow, RowReject};
 use datask_core::task::Counts;
-use datask_data::{FailedRowsWriter, ImportReader, InputFormat, OpenError, detect_format, report};
+use datask_data::{
+    FailedRowsWriter, ImportReader, InputFormat, OpenError, Schema, detect_format, report,
+};
 use datask_engine::{FileStore, Handler, Invalid, Outcome, TaskContext, TaskError};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -28,7 +30,22 @@ use crate::target;
 /// Rows per committed batch: large enough to amortise the transaction.
 const BATCH_ROWS: usize = 5_000;
 
-pub struct Import;
+/// `import` (any index, `target.import_index`) and `profile_import`
+/// (profiles by the tenant's attribute schema and identifier column, with
+/// the first seed's column messages).
+pub struct Import {
+    profiles: bool,
+}
+
+impl Import {
+    pub const fn index() -> Self {
+        Import { profiles: false }
+    }
+
+    pub const fn profiles() -> Self {
+        Import { profiles: true }
+    }
+}
 
 /// Counts need no place here: rejects are stored with each batch, so the
 /// totals are recomputed from them at the end.
@@ -42,13 +59,18 @@ struct Checkpoint {
 /// What the parsing thread sends.
 enum Parsed {
     Opened(InputFormat),
+    /// Column problems that stop the import: nothing is written.
     Columns(Vec<String>),
+    /// Column problems reported while the rest of the file is imported.
+    ColumnNotes(Vec<String>),
     Unreadable(String),
     Batch {
         rows: Vec<ImportRow>,
         rejects: Vec<RowReject>,
         rows_read: u64,
         columns: Vec<usize>,
+        /// The file's header, for the failed-rows file.
+        names: Vec<String>,
         bytes_read: u64,
     },
 }
@@ -56,12 +78,20 @@ enum Parsed {
 #[async_trait]
 impl Handler for Import {
     fn identifier(&self) -> &'static str {
-        "import"
+        if self.profiles {
+            "profile_import"
+        } else {
+            "import"
+        }
     }
 
     fn validate(&self, t: &mut Map<String, Value>) -> Result<(), Invalid> {
-        target::only_fields(t, &["action", "import_index", "upload_id", "dry_run"])?;
-        target::index(t, "import_index")?;
+        if self.profiles {
+            target::only_fields(t, &["action", "upload_id", "dry_run"])?;
+        } else {
+            target::only_fields(t, &["action", "import_index", "upload_id", "dry_run"])?;
+            target::index(t, "import_index")?;
+        }
         let upload = target::required_string(t, "upload_id")?;
         if upload.is_empty()
             || upload.len() > 64
@@ -80,8 +110,14 @@ impl Handler for Import {
 
     async fn run(&self, ctx: &TaskContext) -> Result<Outcome, TaskError> {
         let t = &ctx.task.target;
-        let index =
-            target::index(t, "import_index").map_err(|e| TaskError::Fatal(e.to_string()))?;
+        let schema = if self.profiles {
+            Schema::profiles(&ctx.store.profile_settings(ctx.task.tenant_id).await?)
+        } else {
+            Schema::index(
+                target::index(t, "import_index").map_err(|e| TaskError::Fatal(e.to_string()))?,
+            )
+        };
+        let index = schema.index_def();
         let dry_run = target::boolean(t, "dry_run").unwrap_or(false);
         let upload_id =
             target::required_string(t, "upload_id").map_err(|e| TaskError::Fatal(e.to_string()))?;
@@ -118,10 +154,11 @@ impl Handler for Import {
         let skip = cp.rows;
         let stop = ctx.stopped();
         let parser = tokio::task::spawn_blocking(move || {
-            parse_file(SyncIoBridge::new(reader), filename, index, skip, tx, stop)
+            parse_file(SyncIoBridge::new(reader), filename, schema, skip, tx, stop)
         });
 
-        let mut header: Vec<usize> = Vec::new();
+        let mut header: Vec<String> = Vec::new();
+        let mut column_notes: Vec<String> = Vec::new();
         let mut format = InputFormat::Csv;
         let mut outcome_errors = Map::new();
         while let Some(msg) = rx.recv().await {
@@ -130,6 +167,7 @@ impl Handler for Import {
                 Parsed::Columns(problems) => {
                     outcome_errors.insert("file[columns]".into(), json!(problems));
                 }
+                Parsed::ColumnNotes(problems) => column_notes = problems,
                 Parsed::Unreadable(problem) => {
                     outcome_errors.insert("file".into(), json!([problem]));
                 }
@@ -138,10 +176,11 @@ impl Handler for Import {
                     rejects,
                     rows_read,
                     columns,
+                    names,
                     bytes_read,
                 } => {
                     ctx.checkpoint()?;
-                    header = columns.clone();
+                    header = names;
                     let next = Checkpoint {
                         rows: rows_read,
                         run_tag: cp.run_tag,
@@ -186,6 +225,9 @@ impl Handler for Import {
             });
         }
 
+        if !column_notes.is_empty() {
+            outcome_errors.insert("file[columns]".into(), json!(column_notes));
+        }
         let groups = ctx.store.reject_summary(ctx.task.id).await?;
         let mut result = None;
         if !groups.is_empty() {
@@ -200,18 +242,14 @@ impl Handler for Import {
                 })
                 .collect();
             outcome_errors.insert("file[rows]".into(), json!(lines));
-            let names: Vec<String> = header
-                .iter()
-                .map(|&i| index.columns[i].name.to_string())
-                .collect();
-            result = Some(write_failed_rows(ctx, format, &names).await?);
+            result = Some(write_failed_rows(ctx, format, &header).await?);
         }
         let total = cp.rows as i64;
         let rejected: i64 = groups.iter().map(|g| g.count).sum();
         let applied = total - rejected;
         ctx.progress(total, Some(total)).await?;
         Ok(Outcome {
-            had_errors: !groups.is_empty(),
+            had_errors: !groups.is_empty() || !column_notes.is_empty(),
             errors: outcome_errors,
             output: Some(
                 json!({ "rows": total, "applied": applied, "rejected": rejected, "dry_run": dry_run, "index": index.name }),
@@ -282,7 +320,7 @@ impl<R: std::io::Read> std::io::Read for Counting<R> {
 fn parse_file<R: std::io::Read>(
     source: R,
     filename: Option<String>,
-    index: &'static IndexDef,
+    schema: Schema,
     skip: u64,
     tx: mpsc::Sender<Parsed>,
     stop: tokio_util::sync::CancellationToken,
@@ -296,7 +334,8 @@ fn parse_file<R: std::io::Read>(
         },
     );
     let format = detect_format(buffered.fill_buf()?, filename.as_deref());
-    let mut reader = match ImportReader::open(buffered, format, index) {
+    let index = schema.index_def();
+    let mut reader = match ImportReader::open_with(buffered, format, schema) {
         Ok(r) => r,
         Err(OpenError::Columns(problems)) => {
             let _ = tx.blocking_send(Parsed::Columns(
@@ -310,8 +349,19 @@ fn parse_file<R: std::io::Read>(
         }
     };
     let _ = tx.blocking_send(Parsed::Opened(reader.format()));
+    if !reader.column_problems().is_empty() {
+        let notes = reader
+            .column_problems()
+            .iter()
+            .map(|p| p.message.clone())
+            .collect();
+        let _ = tx.blocking_send(Parsed::ColumnNotes(notes));
+    }
     let columns = reader.columns().to_vec();
-    let key_at = columns.iter().position(|&c| c == 0).unwrap_or(0);
+    let names = reader.column_names();
+    let key_at: Vec<usize> = (0..index.key_len)
+        .filter_map(|k| columns.iter().position(|&c| c == k))
+        .collect();
     let mut rows_read = reader.skip_rows(skip).map_err(std::io::Error::other)?;
     loop {
         if stop.is_cancelled() {
@@ -330,10 +380,14 @@ fn parse_file<R: std::io::Read>(
             rows_read += 1;
             match parsed.outcome {
                 Ok(values) => {
-                    let key = match &values[key_at] {
-                        Cell::Text(k) => k.clone(),
-                        other => format!("{other:?}"),
-                    };
+                    let key = key_at
+                        .iter()
+                        .map(|&p| match &values[p] {
+                            Cell::Text(k) => k.clone(),
+                            other => format!("{other:?}"),
+                        })
+                        .collect::<Vec<_>>()
+                        .join("\u{1f}");
                     if keys.insert(key) {
                         rows.push(ImportRow {
                             row: parsed.row,
@@ -366,6 +420,7 @@ fn parse_file<R: std::io::Read>(
                 rejects,
                 rows_read,
                 columns: columns.clone(),
+                names: names.clone(),
                 bytes_read,
             };
             if tx.blocking_send(batch).is_err() {

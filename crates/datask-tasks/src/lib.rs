@@ -12,6 +12,8 @@ pub use import::Import;
 /// Every handler this build of datask runs.
 pub fn registry() -> Registry {
     let mut r = Registry::new();
-    r.register(Export).register(Import);
+    r.register(Export)
+        .register(Import::index())
+        .register(Import::profiles());
     r
 }

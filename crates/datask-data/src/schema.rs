@@ -1,0 +1,179 @@
+//! What an import file is checked against: an index's columns and, for
+//! profiles, the tenant's custom attributes and identifier column.
+
+use datask_core::index::{ColumnType, IndexDef, USERS};
+use datask_core::settings::{AttributeType, ProfileSettings};
+
+use crate::import::ColumnProblem;
+
+/// Where a file column's values go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Slot {
+    /// An index column (its position in `index.columns`).
+    Column(usize),
+    /// A custom attribute (its position in `Schema::attributes`), written
+    /// into the profile's `attributes` object.
+    Attribute(usize),
+    /// A column reported as a problem and otherwise ignored.
+    Ignored,
+}
+
+/// The columns an import accepts. See [`Schema::index`] and
+/// [`Schema::profiles`].
+#[derive(Debug, Clone)]
+pub struct Schema {
+    pub(crate) index: &'static IndexDef,
+    /// Enabled custom attributes: name and type.
+    pub(crate) attributes: Vec<(String, ColumnType)>,
+    /// Attributes the tenant knows but has not enabled for profiles.
+    pub(crate) disabled: Vec<String>,
+    /// The index column a row must hold (the key, or the tenant's
+    /// identifier column for profiles).
+    pub(crate) identifier: usize,
+    /// Profiles: the first seed's wording, and column problems reported
+    /// without stopping the import (those columns are ignored).
+    pub(crate) profiles: bool,
+}
+
+impl Schema {
+    /// Exactly the index's columns; a column problem stops the import.
+    pub fn index(index: &'static IndexDef) -> Self {
+        Schema {
+            index,
+            attributes: Vec::new(),
+            disabled: Vec::new(),
+            identifier: 0,
+            profiles: false,
+        }
+    }
+
+    /// Profiles as `profile_import` reads them: the standard fields, the
+    /// tenant's enabled attributes (case-sensitive names), rows identified by
+    /// the tenant's identifier column. Unknown and disabled columns are
+    /// reported in the first seed's words and skipped. When the identifier
+    /// is not `user_id`, a row without a `user_id` gets its identifier's
+    /// value as `user_id`.
+    pub fn profiles(settings: &ProfileSettings) -> Self {
+        let ty = |t: AttributeType| match t {
+            AttributeType::String => ColumnType::Text,
+            AttributeType::Number => ColumnType::Number,
+            AttributeType::Boolean => ColumnType::Boolean,
+            AttributeType::Date => ColumnType::Time,
+        };
+        Schema {
+            index: &USERS,
+            attributes: settings
+                .attributes
+                .iter()
+                .filter(|a| a.enabled)
+                .map(|a| (a.name.clone(), ty(a.ty)))
+                .collect(),
+            disabled: settings
+                .attributes
+                .iter()
+                .filter(|a| !a.enabled)
+                .map(|a| a.name.clone())
+                .collect(),
+            identifier: USERS
+                .column(&settings.identifier_column)
+                .map(|(i, _)| i)
+                .unwrap_or(0),
+            profiles: true,
+        }
+    }
+
+    pub fn index_def(&self) -> &'static IndexDef {
+        self.index
+    }
+
+    /// Whether index column `c` must not be empty in a row.
+    pub(crate) fn is_identifier(&self, c: usize) -> bool {
+        if self.profiles {
+            c == self.identifier
+        } else {
+            self.index.is_key(c)
+        }
+    }
+
+    /// Maps a header to slots. Problems come in header order, then the
+    /// missing required columns; `fatal` when the import cannot go on.
+    pub(crate) fn map_header(&self, names: &[String]) -> (Vec<Slot>, Vec<ColumnProblem>, bool) {
+        let index = self.index;
+        let mut slots = Vec::with_capacity(names.len());
+        let mut problems = Vec::new();
+        let mut fatal = false;
+        for (pos, name) in names.iter().enumerate() {
+            let problem = |message: String| ColumnProblem {
+                column: name.clone(),
+                message,
+            };
+            if name.is_empty() {
+                problems.push(problem(format!(
+                    "Column {} of the header has no name",
+                    pos + 1
+                )));
+                fatal |= !self.profiles;
+                slots.push(Slot::Ignored);
+            } else if names[..pos].contains(name) {
+                // Reported once, at its second appearance.
+                if names[..pos].iter().filter(|n| *n == name).count() == 1 {
+                    problems.push(problem(format!("Column '{name}' appears more than once")));
+                }
+                fatal = true;
+                slots.push(Slot::Ignored);
+            } else if let Some((i, _)) = index
+                .column(name)
+                .filter(|(_, c)| !(self.profiles && c.merge))
+            {
+                slots.push(Slot::Column(i));
+            } else if let Some(a) = self.attributes.iter().position(|(n, _)| n == name) {
+                slots.push(Slot::Attribute(a));
+            } else if self.profiles && self.disabled.contains(name) {
+                problems.push(problem(format!(
+                    "Column '{name}' is not set to be a profile attribute"
+                )));
+                slots.push(Slot::Ignored);
+            } else if self.profiles {
+                problems.push(problem(format!(
+                    "Column '{name}' is not a recognized user profile field or attribute"
+                )));
+                slots.push(Slot::Ignored);
+            } else {
+                problems.push(problem(format!(
+                    "Column '{name}' is not a recognized field of index '{}'",
+                    index.name
+                )));
+                fatal = true;
+                slots.push(Slot::Ignored);
+            }
+        }
+        let has = |i: usize| slots.contains(&Slot::Column(i));
+        for (i, col) in index.columns.iter().enumerate() {
+            let needed = if self.profiles {
+                i == self.identifier
+            } else {
+                index.is_key(i) || col.required
+            };
+            if needed && !has(i) {
+                fatal = true;
+                problems.push(ColumnProblem {
+                    column: col.name.to_string(),
+                    message: if self.profiles {
+                        format!("Column '{}' is required: it identifies profiles", col.name)
+                    } else if index.is_key(i) {
+                        format!(
+                            "Column '{}' is required: it identifies the rows of index '{}'",
+                            col.name, index.name
+                        )
+                    } else {
+                        format!(
+                            "Column '{}' is required by index '{}'",
+                            col.name, index.name
+                        )
+                    },
+                });
+            }
+        }
+        (slots, problems, fatal)
+    }
+}
