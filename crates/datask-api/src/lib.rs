@@ -12,6 +12,7 @@ mod external;
 pub mod openapi;
 mod render;
 mod rest;
+mod segments;
 mod settings;
 mod uploads;
 
@@ -72,6 +73,7 @@ pub fn router(state: AppState) -> Router {
         .merge(events::router())
         .merge(external::router())
         .merge(settings::router())
+        .merge(segments::router())
         .layer(DefaultBodyLimit::max(json_limit))
         // Uploads stream with their own, larger limit.
         .merge(uploads::router())

@@ -152,6 +152,7 @@ impl Modify for Bearer {
         crate::external::list, crate::external::info,
         crate::admin::create_tenant, crate::admin::create_user, crate::admin::set_member,
         crate::settings::read, crate::settings::update,
+        crate::segments::list, crate::segments::create, crate::segments::read, crate::segments::update, crate::segments::remove,
         crate::readyz, crate::metrics,
     ),
     modifiers(&Bearer)

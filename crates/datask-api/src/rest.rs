@@ -232,28 +232,61 @@ async fn resolve(
         })?),
     };
     let segment = trigger_in.segment.filter(|s| !s.is_null());
+    let segment_index = handler.segment_index(&target);
+    let needs_index = |field: &str| {
+        segment_index.ok_or_else(|| {
+            ApiError::invalid(field, format!("'{identifier}' tasks do not take a segment"))
+        })
+    };
     if let Some(seg) = &segment {
         // Checked now so a mistake is a 400 naming its place, not a failed run.
-        let index = target
-            .get("export_index")
-            .and_then(Value::as_str)
-            .and_then(datask_core::index::by_name)
-            .filter(|_| identifier == "export")
+        let index = needs_index("trigger.segment")?;
+        let settings = state.store.profile_settings(tenant_id).await?;
+        datask_core::segment::parse_with(
+            index,
+            &settings.attributes,
+            seg,
+            "trigger.segment",
+            Timestamp::now(),
+        )
+        .map_err(|e| ApiError::invalid(e.path, e.message))?;
+    }
+    let segment_id = match trigger_in.segment_id.filter(|s| !s.is_null()) {
+        None => None,
+        Some(raw) => {
+            let index = needs_index("trigger.segment_id")?;
+            let id = match &raw {
+                Value::Number(n) => n.as_i64(),
+                Value::String(s) => s.trim().parse::<i64>().ok(),
+                _ => None,
+            }
+            .filter(|id| *id > 0)
             .ok_or_else(|| {
                 ApiError::invalid(
-                    "trigger.segment",
-                    "only export tasks take a segment in this version of datask",
+                    "trigger.segment_id",
+                    format!("{raw} is not a saved segment id (GET /segments lists them)"),
                 )
             })?;
-        datask_core::segment::parse(index, seg, "trigger.segment", Timestamp::now())
-            .map_err(|e| ApiError::invalid(e.path, e.message))?;
-    }
-    if trigger_in.segment_id.as_ref().is_some_and(|s| !s.is_null()) {
-        return Err(ApiError::invalid(
-            "trigger.segment_id",
-            "saved segments are not available yet in this version of datask; omit it to use the whole index",
-        ));
-    }
+            // A saved segment selects profiles: other indexes follow their owner.
+            if !std::ptr::eq(index, &datask_core::index::USERS) && index.column("user_id").is_none()
+            {
+                return Err(ApiError::invalid(
+                    "trigger.segment_id",
+                    format!(
+                        "a saved segment selects profiles; index '{}' has no user_id to follow",
+                        index.name
+                    ),
+                ));
+            }
+            if state.store.get_segment(tenant_id, id).await?.is_none() {
+                return Err(ApiError::invalid(
+                    "trigger.segment_id",
+                    format!("no saved segment {id} in this tenant (GET /segments lists them)"),
+                ));
+            }
+            Some(id.to_string())
+        }
+    };
     let now = Timestamp::now();
     // A repeating task needs an anchor: without `once` it is now.
     let once = if repeat.is_some() {
@@ -269,7 +302,7 @@ async fn resolve(
             repeat,
             timezone: trigger_in.timezone,
             segment,
-            segment_id: None,
+            segment_id,
         },
         target,
         run_at: once.unwrap_or(now),

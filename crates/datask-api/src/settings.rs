@@ -192,6 +192,45 @@ pub(crate) async fn update(
         }
         profile.attributes = attributes;
     }
+    let has_policy = profile.retention.is_some();
     state.store.update_tenant(tenant, profile).await?;
+    if has_policy {
+        schedule_cleanup(&state, caller.tenant_id).await?;
+    }
     Ok(Json(view(&state, caller.tenant_id).await?))
+}
+
+/// The key of a tenant's daily `cleanup_users` task: one per tenant.
+pub const CLEANUP_KEY: &str = "datask:cleanup_users:daily";
+
+/// A tenant with a retention policy gets one repeating daily
+/// `cleanup_users` task (in its time zone, from now); setting a policy again
+/// finds the same task. Removing the policy leaves the task, which then
+/// deletes nothing.
+async fn schedule_cleanup(state: &AppState, tenant: i64) -> Result<(), ApiError> {
+    let now = jiff::Timestamp::now();
+    state
+        .store
+        .insert_task(
+            datask_core::task::NewTask {
+                tenant_id: tenant,
+                identifier: "cleanup_users".into(),
+                desc: "daily clean-up by the retention policy".into(),
+                trigger: datask_core::task::Trigger {
+                    once: Some(now),
+                    repeat: Some(datask_core::task::Repeat::Daily),
+                    timezone: None,
+                    segment: None,
+                    segment_id: None,
+                },
+                target: serde_json::Map::new(),
+                max_attempts: 3,
+                priority: 10,
+                run_at: now,
+                idempotency_key: Some(CLEANUP_KEY.into()),
+            },
+            now,
+        )
+        .await?;
+    Ok(())
 }

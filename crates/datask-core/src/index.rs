@@ -277,6 +277,26 @@ pub static ALL: [&IndexDef; 11] = [
     &SENDS,
 ];
 
+/// Views for audience exports: a projection of an index's table, read the
+/// same way; not importable and not in [`ALL`].
+pub static PROFILE_IDS: IndexDef = IndexDef {
+    name: "profile-ids",
+    table: "idx_users",
+    key_len: 1,
+    columns: &[key("user_id")],
+};
+
+pub static DEVICE_IDS: IndexDef = IndexDef {
+    name: "device-ids",
+    table: "idx_devices",
+    key_len: 1,
+    columns: &[
+        key("device_id"),
+        col("user_id", Text),
+        col("platform", Text),
+    ],
+};
+
 pub fn by_name(name: &str) -> Option<&'static IndexDef> {
     ALL.iter().copied().find(|i| i.name == name)
 }

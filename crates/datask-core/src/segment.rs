@@ -6,12 +6,13 @@
 use jiff::Timestamp;
 use serde_json::Value as Json;
 
-use crate::index::{ColumnType, IndexDef};
+use crate::index::{ColumnType, IndexDef, USERS};
+use crate::settings::{Attribute, AttributeType, attribute_time};
 
 pub const MAX_DEPTH: usize = 8;
 pub const MAX_LEAVES: usize = 200;
 pub const MAX_LIST: usize = 1000;
-pub const OPS: [&str; 15] = [
+pub const OPS: [&str; 16] = [
     "eq",
     "ne",
     "lt",
@@ -27,7 +28,49 @@ pub const OPS: [&str; 15] = [
     "within_days",
     "before",
     "after",
+    "in_list",
 ];
+
+/// What a leaf reads: a column of the index, or a custom attribute of a
+/// profile (its name is bound as a value, never written into SQL).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Field {
+    Column(&'static str),
+    Attribute { name: String, ty: ColumnType },
+}
+
+/// A channel a campaign sends on, and who can receive it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channel {
+    /// An email address and email opt-in.
+    Email,
+    /// At least one device with push enabled.
+    Push,
+    /// A mobile number and SMS opt-in.
+    Sms,
+}
+
+impl Channel {
+    pub const NAMES: [&'static str; 3] = ["email", "push", "sms"];
+    pub const ALL: [Channel; 3] = [Channel::Email, Channel::Push, Channel::Sms];
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "email" => Some(Channel::Email),
+            "push" => Some(Channel::Push),
+            "sms" => Some(Channel::Sms),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Email => "email",
+            Channel::Push => "push",
+            Channel::Sms => "sms",
+        }
+    }
+}
 
 /// A bound value, typed for its column.
 #[derive(Debug, Clone, PartialEq)]
@@ -46,27 +89,36 @@ pub enum Filter {
     Any(Vec<Filter>),
     Not(Box<Filter>),
     Compare {
-        column: &'static str,
+        column: Field,
         op: &'static str,
         value: Bound,
     },
     In {
-        column: &'static str,
+        column: Field,
         negated: bool,
         values: Vec<Bound>,
     },
     Contains {
-        column: &'static str,
+        column: Field,
         value: String,
     },
     StartsWith {
-        column: &'static str,
+        column: Field,
         value: String,
     },
     Null {
-        column: &'static str,
+        column: Field,
         negated: bool,
     },
+    /// Rows whose `user_id` is a member of the list.
+    InList {
+        list: String,
+    },
+    /// Profiles that can receive messages on the channel.
+    Eligible(Channel),
+    /// Rows of another index (devices, sends, …) whose `user_id` is a
+    /// profile matching the inner filter.
+    OwnedBy(Box<Filter>),
 }
 
 /// A mistake in a segment, with where it is (`trigger.segment.all[1].op`).
@@ -91,18 +143,46 @@ pub fn parse(
     path: &str,
     now: Timestamp,
 ) -> Result<Filter, SegmentError> {
+    parse_with(index, &[], json, path, now)
+}
+
+/// As [`parse`]; over profiles (`users`) a field may also name one of the
+/// tenant's custom attributes (enabled or not: the data may hold it).
+pub fn parse_with(
+    index: &'static IndexDef,
+    attributes: &[Attribute],
+    json: &Json,
+    path: &str,
+    now: Timestamp,
+) -> Result<Filter, SegmentError> {
     let mut leaves = 0;
-    parse_node(index, json, path, 1, &mut leaves, now)
+    let ctx = Ctx {
+        index,
+        attributes: if std::ptr::eq(index, &USERS) {
+            attributes
+        } else {
+            &[]
+        },
+        now,
+    };
+    parse_node(&ctx, json, path, 1, &mut leaves)
+}
+
+struct Ctx<'a> {
+    index: &'static IndexDef,
+    attributes: &'a [Attribute],
+    now: Timestamp,
 }
 
 fn parse_node(
-    index: &'static IndexDef,
+    ctx: &Ctx,
     json: &Json,
     path: &str,
     depth: usize,
     leaves: &mut usize,
-    now: Timestamp,
 ) -> Result<Filter, SegmentError> {
+    let index = ctx.index;
+    let now = ctx.now;
     if depth > MAX_DEPTH {
         return Err(err(path, format!("nested deeper than {MAX_DEPTH} levels")));
     }
@@ -120,12 +200,11 @@ fn parse_node(
                 .enumerate()
                 .map(|(i, item)| {
                     parse_node(
-                        index,
+                        ctx,
                         item,
                         &format!("{path}.{group}[{i}]"),
                         depth + 1,
                         leaves,
-                        now,
                     )
                 })
                 .collect::<Result<Vec<_>, _>>()?;
@@ -141,12 +220,11 @@ fn parse_node(
             return Err(err(path, "'not' stands alone in its object"));
         }
         return Ok(Filter::Not(Box::new(parse_node(
-            index,
+            ctx,
             inner,
             &format!("{path}.not"),
             depth + 1,
             leaves,
-            now,
         )?)));
     }
     *leaves += 1;
@@ -166,26 +244,64 @@ fn parse_node(
         .get("field")
         .and_then(Json::as_str)
         .ok_or_else(|| err(&format!("{path}.field"), "required (a string)"))?;
-    let (_, col) = index.column(field).ok_or_else(|| {
-        let names: Vec<&str> = index.columns.iter().map(|c| c.name).collect();
-        err(
-            &format!("{path}.field"),
-            format!(
-                "unknown field '{field}' of index '{}'; expected one of {}",
-                index.name,
-                names.join(", ")
-            ),
-        )
-    })?;
+    let (column, ty) = match index.column(field) {
+        Some((_, col)) => (Field::Column(col.name), col.ty),
+        None => match ctx.attributes.iter().find(|a| a.name == field) {
+            Some(a) => {
+                let ty = match a.ty {
+                    AttributeType::String => ColumnType::Text,
+                    AttributeType::Number => ColumnType::Number,
+                    AttributeType::Boolean => ColumnType::Boolean,
+                    AttributeType::Date => ColumnType::Time,
+                };
+                (
+                    Field::Attribute {
+                        name: a.name.clone(),
+                        ty,
+                    },
+                    ty,
+                )
+            }
+            None => {
+                let mut names: Vec<&str> = index.columns.iter().map(|c| c.name).collect();
+                names.extend(ctx.attributes.iter().map(|a| a.name.as_str()));
+                return Err(err(
+                    &format!("{path}.field"),
+                    format!(
+                        "unknown field '{field}' of index '{}'; expected one of {}",
+                        index.name,
+                        names.join(", ")
+                    ),
+                ));
+            }
+        },
+    };
     let op_name = obj
         .get("op")
         .and_then(Json::as_str)
         .ok_or_else(|| err(&format!("{path}.op"), "required (a string)"))?;
     if op_name == "in_list" {
-        return Err(err(
-            &format!("{path}.op"),
-            "'in_list' needs lists, which are not available yet in this version of datask",
-        ));
+        if field != "user_id" {
+            return Err(err(
+                &format!("{path}.field"),
+                format!(
+                    "'in_list' tests a profile's list membership: its field is user_id, not '{field}'"
+                ),
+            ));
+        }
+        let list = obj
+            .get("value")
+            .and_then(Json::as_str)
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| {
+                err(
+                    &format!("{path}.value"),
+                    "'in_list' needs a list id (a string)",
+                )
+            })?;
+        return Ok(Filter::InList {
+            list: list.to_string(),
+        });
     }
     let op = OPS.iter().find(|o| **o == op_name).ok_or_else(|| {
         err(
@@ -195,9 +311,14 @@ fn parse_node(
     })?;
     let vpath = format!("{path}.value");
     let value = obj.get("value").unwrap_or(&Json::Null);
-    let column = col.name;
-    let ty = col.ty;
-    let typed = |v: &Json| bound(ty, v, &vpath, field);
+    let attribute = matches!(column, Field::Attribute { .. });
+    // A date attribute is kept as fixed-width text: compare as text.
+    let typed = |v: &Json| {
+        bound(ty, v, &vpath, field).map(|b| match b {
+            Bound::Time(us) if attribute => Bound::Text(attribute_time(us)),
+            b => b,
+        })
+    };
     Ok(match *op {
         "is_null" | "not_null" => Filter::Null {
             column,
@@ -249,10 +370,15 @@ fn parse_node(
                         "'within_days' needs a whole number of days from 0 to 36500",
                     )
                 })?;
+            let since = now.as_microsecond() - days * 86_400_000_000;
             Filter::Compare {
                 column,
                 op: ">=",
-                value: Bound::Time(now.as_microsecond() - days * 86_400_000_000),
+                value: if attribute {
+                    Bound::Text(attribute_time(since))
+                } else {
+                    Bound::Time(since)
+                },
             }
         }
         "before" | "after" => {
@@ -338,6 +464,9 @@ pub trait Dialect {
     fn time(&self, placeholder: &str) -> String;
     /// 1-based position of `needle` in `column`, 0 when absent (case-sensitive).
     fn position(&self, column: &str, needle: &str) -> String;
+    /// The custom attribute named by the text parameter `name` in the row's
+    /// `attributes`, as `ty`; NULL when absent or of another JSON type.
+    fn attribute(&self, name: &str, ty: ColumnType) -> String;
 }
 
 impl Filter {
@@ -357,6 +486,13 @@ impl Filter {
                 d.time(&ph)
             } else {
                 ph
+            }
+        };
+        let field = |f: &Field, params: &mut Vec<Bound>| match f {
+            Field::Column(c) => c.to_string(),
+            Field::Attribute { name, ty } => {
+                params.push(Bound::Text(name.clone()));
+                d.attribute(&d.placeholder(first + params.len() - 1), *ty)
             }
         };
         match self {
@@ -382,6 +518,7 @@ impl Filter {
             // NULLs included (comparisons themselves never match NULL).
             Filter::Not(inner) => format!("(NOT COALESCE({}, FALSE))", inner.sql(d, first, params)),
             Filter::Compare { column, op, value } => {
+                let column = field(column, params);
                 format!("{column} {op} {}", bind(value, params))
             }
             Filter::In {
@@ -398,6 +535,7 @@ impl Filter {
                 negated,
                 values,
             } => {
+                let column = field(column, params);
                 let phs: Vec<String> = values.iter().map(|v| bind(v, params)).collect();
                 format!(
                     "{column} {}IN ({})",
@@ -406,15 +544,45 @@ impl Filter {
                 )
             }
             Filter::Contains { column, value } => {
+                let column = &field(column, params);
                 let ph = bind(&Bound::Text(value.clone()), params);
                 format!("{} > 0", d.position(column, &ph))
             }
             Filter::StartsWith { column, value } => {
+                let column = &field(column, params);
                 let ph = bind(&Bound::Text(value.clone()), params);
                 format!("{} = 1", d.position(column, &ph))
             }
             Filter::Null { column, negated } => {
+                let column = field(column, params);
                 format!("{column} IS {}NULL", if *negated { "NOT " } else { "" })
+            }
+            Filter::InList { list } => {
+                let ph = bind(&Bound::Text(list.clone()), params);
+                format!(
+                    "user_id IN (SELECT m.user_id FROM idx_list_members m \
+                     WHERE m.tenant_id = {} AND m.list_id = {ph})",
+                    d.placeholder(1)
+                )
+            }
+            Filter::Eligible(Channel::Email) => {
+                "(email IS NOT NULL AND email <> '' AND email_opt_in = TRUE)".into()
+            }
+            Filter::Eligible(Channel::Sms) => {
+                "(mobile_number IS NOT NULL AND mobile_number <> '' AND sms_opt_in = TRUE)".into()
+            }
+            Filter::Eligible(Channel::Push) => format!(
+                "user_id IN (SELECT dv.user_id FROM idx_devices dv \
+                 WHERE dv.tenant_id = {} AND dv.push_enabled = TRUE)",
+                d.placeholder(1)
+            ),
+            Filter::OwnedBy(inner) => {
+                let inner = inner.sql(d, first, params);
+                format!(
+                    "user_id IN (SELECT pu.user_id FROM idx_users pu \
+                     WHERE pu.tenant_id = {} AND {inner})",
+                    d.placeholder(1)
+                )
             }
         }
     }
@@ -437,6 +605,9 @@ mod tests {
         fn position(&self, c: &str, n: &str) -> String {
             format!("strpos({c}, {n})")
         }
+        fn attribute(&self, name: &str, _ty: ColumnType) -> String {
+            format!("A({name})")
+        }
     }
 
     #[test]
@@ -455,6 +626,55 @@ mod tests {
         );
         assert_eq!(params[2], Bound::Text("'; DROP TABLE x; --".into()));
         assert_eq!(params[4], Bound::Time(1_735_689_600_000_000));
+    }
+
+    #[test]
+    fn attributes_and_lists_bind_their_names() {
+        let attrs = vec![
+            Attribute {
+                name: "ltv".into(),
+                ty: AttributeType::Number,
+                enabled: true,
+                pii: false,
+            },
+            Attribute {
+                name: "signup".into(),
+                ty: AttributeType::Date,
+                enabled: false,
+                pii: false,
+            },
+        ];
+        let seg = json!({"all": [
+            {"field": "ltv", "op": "gte", "value": 100},
+            {"field": "signup", "op": "before", "value": "2025-01-01"},
+            {"field": "user_id", "op": "in_list", "value": "vip"}
+        ]});
+        let f = parse_with(&USERS, &attrs, &seg, "s", Timestamp::UNIX_EPOCH).unwrap();
+        let (sql, params) = f.to_sql(&Pg, 2);
+        assert_eq!(
+            sql,
+            "(A($2) >= $3 AND A($4) < $5 AND user_id IN (SELECT m.user_id FROM idx_list_members m WHERE m.tenant_id = $1 AND m.list_id = $6))"
+        );
+        assert_eq!(
+            params,
+            [
+                Bound::Text("ltv".into()),
+                Bound::Float(100.0),
+                Bound::Text("signup".into()),
+                Bound::Text("2025-01-01T00:00:00Z".into()),
+                Bound::Text("vip".into())
+            ]
+        );
+        // Attributes are profile fields only.
+        let e = parse_with(
+            &crate::index::DEVICES,
+            &attrs,
+            &json!({"field": "ltv", "op": "eq", "value": 1}),
+            "s",
+            Timestamp::UNIX_EPOCH,
+        )
+        .unwrap_err();
+        assert_eq!(e.path, "s.field");
     }
 
     #[test]
@@ -486,9 +706,14 @@ mod tests {
                 "use eq or ne",
             ),
             (
-                json!({"field": "email", "op": "in_list", "value": 1}),
-                "segment.op",
-                "not available yet",
+                json!({"field": "email", "op": "in_list", "value": "vip"}),
+                "segment.field",
+                "its field is user_id",
+            ),
+            (
+                json!({"field": "user_id", "op": "in_list", "value": 1}),
+                "segment.value",
+                "needs a list id",
             ),
             (
                 json!({"any": {"field": "email"}}),

@@ -240,6 +240,18 @@ pub struct BatchOutcome {
     pub duplicates: i64,
 }
 
+/// A saved segment: a named filter over profiles, edited at `/segments`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SavedSegment {
+    pub id: i64,
+    pub tenant_id: TenantId,
+    pub name: String,
+    /// The filter as given (checked when saved, parsed again per run).
+    pub filter: Json,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
 pub type RowStream = BoxStream<'static, StoreResult<Vec<Vec<Value>>>>;
 
 /// Semantics every backend keeps (the conformance suite checks them):
@@ -401,6 +413,55 @@ pub trait Store: Send + Sync + 'static {
         index: &'static IndexDef,
         filter: Option<&crate::segment::Filter>,
     ) -> StoreResult<i64>;
+    /// Deletes the rows of an index that match `filter`; answers how many.
+    async fn delete_rows(
+        &self,
+        tenant: TenantId,
+        index: &'static IndexDef,
+        filter: &crate::segment::Filter,
+    ) -> StoreResult<i64>;
+    /// In the rows matching `filter`, sets `columns` to NULL and removes the
+    /// keys `attributes` from the `attributes` object (profiles); answers
+    /// how many rows matched.
+    async fn clear_fields(
+        &self,
+        tenant: TenantId,
+        index: &'static IndexDef,
+        filter: &crate::segment::Filter,
+        columns: &[&'static str],
+        attributes: &[String],
+    ) -> StoreResult<i64>;
+    /// Profiles whose `column` (user_id, email or mobile_number) holds one
+    /// of `values`: (value, user_id) pairs, in no particular order.
+    async fn lookup_profiles(
+        &self,
+        tenant: TenantId,
+        column: &'static str,
+        values: Vec<String>,
+    ) -> StoreResult<Vec<(String, String)>>;
+
+    // ----- saved segments -----
+    async fn create_segment(
+        &self,
+        tenant: TenantId,
+        name: String,
+        filter: Json,
+        now: Timestamp,
+    ) -> StoreResult<SavedSegment>;
+    async fn get_segment(&self, tenant: TenantId, id: i64) -> StoreResult<Option<SavedSegment>>;
+    /// Oldest first.
+    async fn list_segments(&self, tenant: TenantId) -> StoreResult<Vec<SavedSegment>>;
+    /// NotFound when it is not the tenant's.
+    async fn update_segment(
+        &self,
+        tenant: TenantId,
+        id: i64,
+        name: String,
+        filter: Json,
+        now: Timestamp,
+    ) -> StoreResult<SavedSegment>;
+    async fn delete_segment(&self, tenant: TenantId, id: i64) -> StoreResult<()>;
+
     /// Rows of an index (or of a segment of it) in key order, in batches,
     /// values in column order.
     async fn export_rows(

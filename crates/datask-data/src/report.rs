@@ -15,6 +15,7 @@ pub fn row_message(code: &str, column: Option<&str>) -> String {
     match code {
         "missing_identifier" => "Rows must contain identifier".into(),
         "duplicate" => "Rows are duplicates".into(),
+        "unknown_profile" => in_column("Rows do not match a profile"),
         "invalid_value" => in_column("Rows have an invalid value"),
         "missing_value" => in_column("Rows are missing a required value"),
         "ragged_row" => "Rows have the wrong number of fields".into(),

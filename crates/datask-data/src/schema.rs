@@ -33,6 +33,8 @@ pub struct Schema {
     /// Profiles: the first seed's wording, and column problems reported
     /// without stopping the import (those columns are ignored).
     pub(crate) profiles: bool,
+    /// Columns that are not profile fields are skipped without a word.
+    pub(crate) quiet: bool,
 }
 
 impl Schema {
@@ -44,6 +46,7 @@ impl Schema {
             disabled: Vec::new(),
             identifier: 0,
             profiles: false,
+            quiet: false,
         }
     }
 
@@ -79,7 +82,18 @@ impl Schema {
                 .map(|(i, _)| i)
                 .unwrap_or(0),
             profiles: true,
+            quiet: false,
         }
+    }
+
+    /// Files that name profiles (list imports): the identifier column is
+    /// read, with the standard fields; anything else is skipped silently.
+    pub fn identifiers(settings: &ProfileSettings) -> Self {
+        let mut schema = Schema::profiles(settings);
+        schema.attributes.clear();
+        schema.disabled.clear();
+        schema.quiet = true;
+        schema
     }
 
     pub fn index_def(&self) -> &'static IndexDef {
@@ -128,6 +142,8 @@ impl Schema {
                 slots.push(Slot::Column(i));
             } else if let Some(a) = self.attributes.iter().position(|(n, _)| n == name) {
                 slots.push(Slot::Attribute(a));
+            } else if self.quiet {
+                slots.push(Slot::Ignored);
             } else if self.profiles && self.disabled.contains(name) {
                 problems.push(problem(format!(
                     "Column '{name}' is not set to be a profile attribute"

@@ -144,6 +144,16 @@ pub trait Handler: Send + Sync + 'static {
         false
     }
 
+    /// The index `trigger.segment` filters for this target, when the task
+    /// takes a segment (a saved `trigger.segment_id` then selects profiles,
+    /// followed through `user_id` on other indexes).
+    fn segment_index(
+        &self,
+        _target: &Map<String, Value>,
+    ) -> Option<&'static datask_core::index::IndexDef> {
+        None
+    }
+
     /// Checks a target before the task is accepted; may fill defaults.
     fn validate(&self, target: &mut Map<String, Value>) -> Result<(), Invalid>;
 

@@ -386,6 +386,18 @@ impl Dialect for PgDialect {
     fn position(&self, column: &str, needle: &str) -> String {
         format!("strpos({column}, {needle})")
     }
+    fn attribute(&self, name: &str, ty: ColumnType) -> String {
+        let (json_type, cast) = match ty {
+            ColumnType::Text | ColumnType::Time => ("string", ""),
+            ColumnType::Integer | ColumnType::Number => ("number", "::float8"),
+            ColumnType::Boolean => ("boolean", "::boolean"),
+            ColumnType::Json => ("object", "::jsonb"),
+        };
+        format!(
+            "(CASE WHEN jsonb_typeof(attributes -> {name}::text) = '{json_type}' \
+             THEN (attributes ->> {name}::text){cast} END)"
+        )
+    }
 }
 
 /// The segment's `WHERE` fragment (placeholders from $2, the tenant being $1)

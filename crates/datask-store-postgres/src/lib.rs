@@ -2,6 +2,7 @@
 //! LOCKED` behind a transaction-scoped advisory lock (so per-tenant limits
 //! hold across nodes), wake-ups by LISTEN/NOTIFY, bulk upserts by UNNEST.
 
+mod customer;
 mod data;
 mod tasks;
 pub mod testing;

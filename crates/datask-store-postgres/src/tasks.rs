@@ -996,6 +996,68 @@ impl Store for PgStore {
         crate::data::count_rows(&self.pool, tenant, index, filter).await
     }
 
+    async fn delete_rows(
+        &self,
+        tenant: TenantId,
+        index: &'static IndexDef,
+        filter: &Filter,
+    ) -> StoreResult<i64> {
+        crate::customer::delete_rows(&self.pool, tenant, index, filter).await
+    }
+
+    async fn clear_fields(
+        &self,
+        tenant: TenantId,
+        index: &'static IndexDef,
+        filter: &Filter,
+        columns: &[&'static str],
+        attributes: &[String],
+    ) -> StoreResult<i64> {
+        crate::customer::clear_fields(&self.pool, tenant, index, filter, columns, attributes).await
+    }
+
+    async fn lookup_profiles(
+        &self,
+        tenant: TenantId,
+        column: &'static str,
+        values: Vec<String>,
+    ) -> StoreResult<Vec<(String, String)>> {
+        crate::customer::lookup_profiles(&self.pool, tenant, column, values).await
+    }
+
+    async fn create_segment(
+        &self,
+        tenant: TenantId,
+        name: String,
+        filter: Json,
+        now: Timestamp,
+    ) -> StoreResult<SavedSegment> {
+        crate::customer::create_segment(&self.pool, tenant, name, filter, now).await
+    }
+
+    async fn get_segment(&self, tenant: TenantId, id: i64) -> StoreResult<Option<SavedSegment>> {
+        crate::customer::get_segment(&self.pool, tenant, id).await
+    }
+
+    async fn list_segments(&self, tenant: TenantId) -> StoreResult<Vec<SavedSegment>> {
+        crate::customer::list_segments(&self.pool, tenant).await
+    }
+
+    async fn update_segment(
+        &self,
+        tenant: TenantId,
+        id: i64,
+        name: String,
+        filter: Json,
+        now: Timestamp,
+    ) -> StoreResult<SavedSegment> {
+        crate::customer::update_segment(&self.pool, tenant, id, name, filter, now).await
+    }
+
+    async fn delete_segment(&self, tenant: TenantId, id: i64) -> StoreResult<()> {
+        crate::customer::delete_segment(&self.pool, tenant, id).await
+    }
+
     async fn export_rows(
         &self,
         tenant: TenantId,

@@ -193,6 +193,18 @@ impl Dialect for SqliteDialect {
     fn position(&self, column: &str, needle: &str) -> String {
         format!("instr({column}, {needle})")
     }
+    fn attribute(&self, name: &str, ty: ColumnType) -> String {
+        let types = match ty {
+            ColumnType::Text | ColumnType::Time => "'text'",
+            ColumnType::Integer | ColumnType::Number => "'integer', 'real'",
+            ColumnType::Boolean => "'true', 'false'",
+            ColumnType::Json => "'object'",
+        };
+        format!(
+            "(CASE WHEN json_type(attributes, '$.' || {name}) IN ({types}) \
+             THEN json_extract(attributes, '$.' || {name}) END)"
+        )
+    }
 }
 
 /// The segment's `WHERE` fragment (placeholders from ?2, the tenant being ?1)

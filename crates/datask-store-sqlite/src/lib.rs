@@ -5,6 +5,7 @@
 //! blocking pool; reads use a small pool of their own connections.
 //! In-process wake-ups replace PostgreSQL's LISTEN/NOTIFY.
 
+mod customer;
 mod data;
 mod tasks;
 

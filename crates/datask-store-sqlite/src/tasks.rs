@@ -13,6 +13,7 @@ use datask_core::task::{LogEntry, NewTask, Task, TaskUpdate};
 use datask_core::{TaskId, TaskState, TenantId};
 use jiff::Timestamp;
 use rusqlite::{Connection, OptionalExtension, Row, params};
+use serde_json::Value as Json;
 
 use crate::{Failure, SqliteStore, from_micros, from_micros_opt, micros};
 
@@ -828,6 +829,80 @@ impl Store for SqliteStore {
             Ok(c.query_row(&sql, rusqlite::params_from_iter(args), |r| r.get(0))?)
         })
         .await
+    }
+
+    async fn delete_rows(
+        &self,
+        tenant: TenantId,
+        index: &'static IndexDef,
+        filter: &Filter,
+    ) -> StoreResult<i64> {
+        let filter = filter.clone();
+        self.write(move |c| crate::customer::delete_rows(c, tenant, index, &filter))
+            .await
+    }
+
+    async fn clear_fields(
+        &self,
+        tenant: TenantId,
+        index: &'static IndexDef,
+        filter: &Filter,
+        columns: &[&'static str],
+        attributes: &[String],
+    ) -> StoreResult<i64> {
+        let (filter, columns, attributes) = (filter.clone(), columns.to_vec(), attributes.to_vec());
+        self.write(move |c| {
+            crate::customer::clear_fields(c, tenant, index, &filter, &columns, &attributes)
+        })
+        .await
+    }
+
+    async fn lookup_profiles(
+        &self,
+        tenant: TenantId,
+        column: &'static str,
+        values: Vec<String>,
+    ) -> StoreResult<Vec<(String, String)>> {
+        self.read(move |c| crate::customer::lookup_profiles(c, tenant, column, values))
+            .await
+    }
+
+    async fn create_segment(
+        &self,
+        tenant: TenantId,
+        name: String,
+        filter: Json,
+        now: Timestamp,
+    ) -> StoreResult<SavedSegment> {
+        self.write(move |c| crate::customer::create_segment(c, tenant, name, filter, now))
+            .await
+    }
+
+    async fn get_segment(&self, tenant: TenantId, id: i64) -> StoreResult<Option<SavedSegment>> {
+        self.read(move |c| crate::customer::get_segment(c, tenant, id))
+            .await
+    }
+
+    async fn list_segments(&self, tenant: TenantId) -> StoreResult<Vec<SavedSegment>> {
+        self.read(move |c| crate::customer::list_segments(c, tenant))
+            .await
+    }
+
+    async fn update_segment(
+        &self,
+        tenant: TenantId,
+        id: i64,
+        name: String,
+        filter: Json,
+        now: Timestamp,
+    ) -> StoreResult<SavedSegment> {
+        self.write(move |c| crate::customer::update_segment(c, tenant, id, name, filter, now))
+            .await
+    }
+
+    async fn delete_segment(&self, tenant: TenantId, id: i64) -> StoreResult<()> {
+        self.write(move |c| crate::customer::delete_segment(c, tenant, id))
+            .await
     }
 
     async fn export_rows(

@@ -30,20 +30,35 @@ use crate::target;
 /// Rows per committed batch: large enough to amortise the transaction.
 const BATCH_ROWS: usize = 5_000;
 
-/// `import` (any index, `target.import_index`) and `profile_import`
+/// `import` (any index, `target.import_index`), `profile_import`
 /// (profiles by the tenant's attribute schema and identifier column, with
-/// the first seed's column messages).
+/// the first seed's column messages) and `list_import` (the profiles a file
+/// identifies become members of `target.list_id`; identifiers that match
+/// no profile are rejected rows).
 pub struct Import {
-    profiles: bool,
+    kind: Kind,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Index,
+    Profiles,
+    List,
 }
 
 impl Import {
     pub const fn index() -> Self {
-        Import { profiles: false }
+        Import { kind: Kind::Index }
     }
 
     pub const fn profiles() -> Self {
-        Import { profiles: true }
+        Import {
+            kind: Kind::Profiles,
+        }
+    }
+
+    pub const fn list() -> Self {
+        Import { kind: Kind::List }
     }
 }
 
@@ -78,19 +93,24 @@ enum Parsed {
 #[async_trait]
 impl Handler for Import {
     fn identifier(&self) -> &'static str {
-        if self.profiles {
-            "profile_import"
-        } else {
-            "import"
+        match self.kind {
+            Kind::Index => "import",
+            Kind::Profiles => "profile_import",
+            Kind::List => "list_import",
         }
     }
 
     fn validate(&self, t: &mut Map<String, Value>) -> Result<(), Invalid> {
-        if self.profiles {
-            target::only_fields(t, &["action", "upload_id", "dry_run"])?;
-        } else {
-            target::only_fields(t, &["action", "import_index", "upload_id", "dry_run"])?;
-            target::index(t, "import_index")?;
+        match self.kind {
+            Kind::Profiles => target::only_fields(t, &["action", "upload_id", "dry_run"])?,
+            Kind::List => {
+                target::only_fields(t, &["action", "upload_id", "dry_run", "list_id"])?;
+                crate::lists::list_id(t)?;
+            }
+            Kind::Index => {
+                target::only_fields(t, &["action", "import_index", "upload_id", "dry_run"])?;
+                target::index(t, "import_index")?;
+            }
         }
         let upload = target::required_string(t, "upload_id")?;
         if upload.is_empty()
@@ -110,14 +130,25 @@ impl Handler for Import {
 
     async fn run(&self, ctx: &TaskContext) -> Result<Outcome, TaskError> {
         let t = &ctx.task.target;
-        let schema = if self.profiles {
-            Schema::profiles(&ctx.store.profile_settings(ctx.task.tenant_id).await?)
-        } else {
-            Schema::index(
+        let settings = ctx.store.profile_settings(ctx.task.tenant_id).await?;
+        let schema = match self.kind {
+            Kind::Profiles => Schema::profiles(&settings),
+            Kind::List => Schema::identifiers(&settings),
+            Kind::Index => Schema::index(
                 target::index(t, "import_index").map_err(|e| TaskError::Fatal(e.to_string()))?,
-            )
+            ),
         };
-        let index = schema.index_def();
+        let list = match self.kind {
+            Kind::List => Some(
+                crate::lists::ListTarget::new(t, &settings)
+                    .map_err(|e| TaskError::Fatal(e.to_string()))?,
+            ),
+            _ => None,
+        };
+        let index = match self.kind {
+            Kind::List => &datask_core::index::LIST_MEMBERS,
+            _ => schema.index_def(),
+        };
         let dry_run = target::boolean(t, "dry_run").unwrap_or(false);
         let upload_id =
             target::required_string(t, "upload_id").map_err(|e| TaskError::Fatal(e.to_string()))?;
@@ -181,6 +212,10 @@ impl Handler for Import {
                 } => {
                     ctx.checkpoint()?;
                     header = names;
+                    let (columns, rows, rejects) = match &list {
+                        Some(list) => list.members(ctx, &columns, rows, rejects).await?,
+                        None => (columns, rows, rejects),
+                    };
                     let next = Checkpoint {
                         rows: rows_read,
                         run_tag: cp.run_tag,
@@ -251,9 +286,14 @@ impl Handler for Import {
         Ok(Outcome {
             had_errors: !groups.is_empty() || !column_notes.is_empty(),
             errors: outcome_errors,
-            output: Some(
-                json!({ "rows": total, "applied": applied, "rejected": rejected, "dry_run": dry_run, "index": index.name }),
-            ),
+            output: Some(match &list {
+                Some(l) => {
+                    json!({ "rows": total, "applied": applied, "rejected": rejected, "dry_run": dry_run, "list_id": l.list_id })
+                }
+                None => {
+                    json!({ "rows": total, "applied": applied, "rejected": rejected, "dry_run": dry_run, "index": index.name })
+                }
+            }),
             result,
             counts: Some(Counts {
                 total,

@@ -1,19 +1,39 @@
 //! One handler per task identifier, registered in one place.
 
+mod audience;
 mod export;
 mod import;
+mod lists;
+mod messages;
+mod profiles;
 mod target;
 
 use datask_engine::Registry;
 
+pub use audience::{CampaignAudience, SegmentCount, SegmentExport};
 pub use export::Export;
 pub use import::Import;
+pub use lists::ListExport;
+pub use messages::{CampaignExport, SendExport};
+pub use profiles::{CleanupUsers, PII_FIELDS, ProfileDeletePersonalData, ProfileExportData};
 
 /// Every handler this build of datask runs.
 pub fn registry() -> Registry {
     let mut r = Registry::new();
     r.register(Export)
         .register(Import::index())
-        .register(Import::profiles());
+        .register(Import::profiles())
+        .register(Import::list())
+        .register(ListExport)
+        .register(CampaignExport)
+        .register(SendExport)
+        .register(ProfileExportData)
+        .register(ProfileDeletePersonalData)
+        .register(CleanupUsers)
+        .register(SegmentCount)
+        .register(SegmentExport::profiles())
+        .register(SegmentExport::devices())
+        .register(CampaignAudience::count())
+        .register(CampaignAudience::preview());
     r
 }

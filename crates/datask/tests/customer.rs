@@ -9,6 +9,8 @@ use serde_json::{Value, json};
 on_both_stores!(
     seed_sample_error_reports_word_for_word,
     profile_import_upserts_attributes_and_reports_rows,
+    segments_lists_and_campaign_audiences,
+    messages_and_personal_data,
 );
 
 async fn settings(s: &TestServer, t: &Tenant, body: Value) {
@@ -242,6 +244,476 @@ async fn profile_import_upserts_attributes_and_reports_rows(b: Backend) {
     assert_eq!(
         rows[1]["attributes"],
         json!({ "vip": true, "signup": "2025-01-02T01:04:05Z" })
+    );
+    s.stop().await;
+}
+
+/// One profile of the shared test data.
+struct P {
+    id: &'static str,
+    email: &'static str,
+    email_opt_in: bool,
+    mobile: &'static str,
+    sms_opt_in: bool,
+    ltv: f64,
+    vip: bool,
+}
+
+const PEOPLE: [P; 6] = [
+    P {
+        id: "u1",
+        email: "a@x.io",
+        email_opt_in: true,
+        mobile: "",
+        sms_opt_in: false,
+        ltv: 120.0,
+        vip: true,
+    },
+    P {
+        id: "u2",
+        email: "b@x.io",
+        email_opt_in: false,
+        mobile: "+3161",
+        sms_opt_in: true,
+        ltv: 80.0,
+        vip: false,
+    },
+    P {
+        id: "u3",
+        email: "",
+        email_opt_in: true,
+        mobile: "+3162",
+        sms_opt_in: true,
+        ltv: 50.0,
+        vip: true,
+    },
+    P {
+        id: "u4",
+        email: "d@x.io",
+        email_opt_in: true,
+        mobile: "+3163",
+        sms_opt_in: false,
+        ltv: 10.0,
+        vip: false,
+    },
+    P {
+        id: "u5",
+        email: "e@x.io",
+        email_opt_in: true,
+        mobile: "+3164",
+        sms_opt_in: true,
+        ltv: 75.5,
+        vip: false,
+    },
+    P {
+        id: "u6",
+        email: "f@x.io",
+        email_opt_in: false,
+        mobile: "",
+        sms_opt_in: true,
+        ltv: 0.0,
+        vip: true,
+    },
+];
+
+/// (device_id, user_id, push_enabled)
+const DEVICES: [(&str, &str, bool); 5] = [
+    ("d1", "u1", true),
+    ("d2", "u2", false),
+    ("d3", "u3", true),
+    ("d4", "u3", true),
+    ("d5", "u5", false),
+];
+
+const VIP_LIST: [&str; 2] = ["u1", "u3"];
+
+fn eligible(p: &P, channel: &str) -> bool {
+    match channel {
+        "email" => !p.email.is_empty() && p.email_opt_in,
+        "sms" => !p.mobile.is_empty() && p.sms_opt_in,
+        _ => DEVICES.iter().any(|(_, u, push)| *u == p.id && *push),
+    }
+}
+
+/// Loads PEOPLE (with attributes), DEVICES and the vip list.
+async fn load_people(s: &TestServer, t: &Tenant) {
+    settings(
+        s,
+        t,
+        json!({ "attributes": [
+            { "name": "ltv", "type": "number" },
+            { "name": "vip", "type": "boolean" },
+            { "name": "nickname", "type": "string", "pii": true }
+        ] }),
+    )
+    .await;
+    let mut csv = String::from(
+        "user_id,email,email_opt_in,mobile_number,sms_opt_in,ltv,vip,nickname,last_active_at\n",
+    );
+    for (i, p) in PEOPLE.iter().enumerate() {
+        // u5 and u6 have not been seen for years.
+        let active = if i >= 4 { "2020-01-01" } else { "2099-01-01" };
+        csv.push_str(&format!(
+            "{},{},{},{},{},{},{},nick{},{active}\n",
+            p.id, p.email, p.email_opt_in, p.mobile, p.sms_opt_in, p.ltv, p.vip, p.id
+        ));
+    }
+    let done = profile_import(s, t, &csv, json!({})).await;
+    assert_eq!(done["state"]["code"], "DONE", "{done}");
+    let mut devices = String::from("device_id,user_id,platform,push_enabled\n");
+    for (d, u, push) in DEVICES {
+        devices.push_str(&format!("{d},{u},ios,{push}\n"));
+    }
+    let done = s.import(t, "devices", devices.into_bytes()).await;
+    assert_eq!(done["state"]["code"], "DONE", "{done}");
+    // The list file names one profile that does not exist (row 4).
+    let upload = s
+        .upload(
+            &t.key,
+            "vip.csv",
+            b"user_id,note\nu1,x\nu3,y\nu9,z\nu1,again\n".to_vec(),
+        )
+        .await;
+    let task = s
+        .create(&t.key, json!({ "identifier": "list_import", "target": { "list_id": "vip", "upload_id": upload } }))
+        .await;
+    let done = s.wait(&t.key, task["id"].as_i64().unwrap(), 60).await;
+    assert_eq!(done["state"]["code"], "ERROR", "{done}");
+    assert_eq!(
+        done["errors"],
+        json!({ "file[rows]": ["Rows do not match a profile in column 'user_id' (Row 4)", "Rows are duplicates (Row 5)"] })
+    );
+    assert_eq!(done["output"]["applied"], 2, "{done}");
+}
+
+/// Runs a task to its end; the finished task.
+async fn run(s: &TestServer, t: &Tenant, task: Value) -> Value {
+    let created = s.create(&t.key, task).await;
+    s.wait(&t.key, created["id"].as_i64().unwrap(), 60).await
+}
+
+fn csv_column(bytes: &[u8], column: usize) -> Vec<String> {
+    String::from_utf8(bytes.to_vec())
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(column).unwrap().to_string())
+        .collect()
+}
+
+async fn segments_lists_and_campaign_audiences(b: Backend) {
+    let s = start(b).await;
+    let t = s.tenant("audiences").await;
+    load_people(&s, &t).await;
+
+    // Saved segments: checked against the attribute schema.
+    let (status, body) = s
+        .call("POST", "/segments", &t.key, Some(json!({ "name": "big", "filter": { "all": [{ "field": "ltv", "op": "gte", "value": 75 }] } })))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let big = body["id"].as_i64().unwrap();
+    let (status, body) = s
+        .call("POST", "/segments", &t.key, Some(json!({ "name": "bad", "filter": { "all": [{ "field": "LTV", "op": "gte", "value": 1 }] } })))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("filter.all[0].field"), "{body}");
+    let (status, list) = s.call("GET", "/segments", &t.key, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    let other = s.tenant("other").await;
+    let (status, _) = s
+        .call("GET", &format!("/segments/{big}"), &other.key, None)
+        .await;
+    assert_eq!(
+        status, 404,
+        "another tenant's segment does not exist for it"
+    );
+
+    // segment_count_recipients over the saved segment, per channel.
+    let in_big: Vec<&P> = PEOPLE.iter().filter(|p| p.ltv >= 75.0).collect();
+    let done = run(&s, &t, json!({ "identifier": "segment_count_recipients", "trigger": { "segment_id": big }, "target": { "per_channel": true } })).await;
+    assert_eq!(done["state"]["code"], "DONE", "{done}");
+    let want = |c: &str| in_big.iter().filter(|p| eligible(p, c)).count();
+    assert_eq!(
+        done["output"],
+        json!({ "count": in_big.len(), "channels": { "email": want("email"), "push": want("push"), "sms": want("sms") } })
+    );
+    // A segment_id of nothing is a 400 naming it.
+    let (status, body) = s
+        .call("POST", "/tasks", &t.key, Some(json!({ "identifier": "segment_count_recipients", "trigger": { "segment_id": 999 } })))
+        .await;
+    assert_eq!(status, 400);
+    assert!(body.to_string().contains("trigger.segment_id"), "{body}");
+
+    // in_list and a boolean attribute, inline.
+    let seg = json!({ "any": [{ "field": "user_id", "op": "in_list", "value": "vip" }, { "field": "vip", "op": "eq", "value": true }] });
+    let want: Vec<&str> = PEOPLE
+        .iter()
+        .filter(|p| VIP_LIST.contains(&p.id) || p.vip)
+        .map(|p| p.id)
+        .collect();
+    let done = run(
+        &s,
+        &t,
+        json!({ "identifier": "segment_export_profiles", "trigger": { "segment": seg } }),
+    )
+    .await;
+    assert_eq!(done["state"]["code"], "DONE", "{done}");
+    let got = csv_column(&s.download(&t.key, done["id"].as_i64().unwrap()).await, 0);
+    assert_eq!(got, want);
+
+    // Devices of the big segment that can take a push.
+    let done = run(&s, &t, json!({ "identifier": "segment_export_devices", "trigger": { "segment_id": big }, "target": { "channel": "push" } })).await;
+    let got = csv_column(&s.download(&t.key, done["id"].as_i64().unwrap()).await, 0);
+    let want: Vec<&str> = DEVICES
+        .iter()
+        .filter(|(_, u, push)| *push && in_big.iter().any(|p| p.id == *u))
+        .map(|(d, _, _)| *d)
+        .collect();
+    assert_eq!(got, want);
+
+    // list_export: the list's profiles.
+    let done = run(
+        &s,
+        &t,
+        json!({ "identifier": "list_export", "target": { "list_id": "vip" } }),
+    )
+    .await;
+    assert_eq!(
+        csv_column(&s.download(&t.key, done["id"].as_i64().unwrap()).await, 0),
+        VIP_LIST
+    );
+
+    // Campaigns: segment ∧ channel eligibility.
+    let campaigns = format!(
+        "campaign_id,name,channel,segment_id,segment\nc1,Big mail,email,{big},\nc2,VIP push,push,,\"{}\"\nc3,All sms,sms,,\n",
+        json!({ "field": "user_id", "op": "in_list", "value": "vip" })
+            .to_string()
+            .replace('"', "\"\"")
+    );
+    let done = s.import(&t, "campaigns", campaigns.into_bytes()).await;
+    assert_eq!(done["state"]["code"], "DONE", "{done}");
+    let cases = [
+        (
+            "c1",
+            in_big
+                .iter()
+                .filter(|p| eligible(p, "email"))
+                .map(|p| p.id)
+                .collect::<Vec<_>>(),
+        ),
+        (
+            "c2",
+            PEOPLE
+                .iter()
+                .filter(|p| VIP_LIST.contains(&p.id) && eligible(p, "push"))
+                .map(|p| p.id)
+                .collect(),
+        ),
+        (
+            "c3",
+            PEOPLE
+                .iter()
+                .filter(|p| eligible(p, "sms"))
+                .map(|p| p.id)
+                .collect(),
+        ),
+    ];
+    for (campaign, want) in cases {
+        let done = run(&s, &t, json!({ "identifier": "campaign_count_recipients", "target": { "campaign_id": campaign } })).await;
+        assert_eq!(done["output"]["count"], want.len(), "{campaign}: {done}");
+        let done = run(&s, &t, json!({ "identifier": "campaign_preview_recipients", "target": { "campaign_id": campaign, "limit": 2 } })).await;
+        let shown: Vec<&str> = done["output"]["recipients"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["user_id"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            shown,
+            want.iter().take(2).copied().collect::<Vec<_>>(),
+            "{campaign}"
+        );
+    }
+    let done = run(
+        &s,
+        &t,
+        json!({ "identifier": "campaign_count_recipients", "target": { "campaign_id": "nope" } }),
+    )
+    .await;
+    assert_eq!(done["state"]["code"], "ERROR");
+    assert_eq!(
+        done["errors"],
+        json!({ "target[campaign_id]": ["Campaign 'nope' does not exist"] })
+    );
+    s.stop().await;
+}
+
+async fn messages_and_personal_data(b: Backend) {
+    let s = start(b).await;
+    let t = s.tenant("messages").await;
+    load_people(&s, &t).await;
+    let done = s
+        .import(&t, "campaigns", b"campaign_id,name,channel,status\nc1,One,email,sent\nc2,Two,push,sent\nc3,Three,sms,draft\n".to_vec())
+        .await;
+    assert_eq!(done["state"]["code"], "DONE", "{done}");
+    // (send, campaign, user, sent day of January, delivered, opened, clicked)
+    let sends: [(&str, &str, &str, u32, bool, bool, bool); 7] = [
+        ("s1", "c1", "u1", 3, true, true, true),
+        ("s2", "c1", "u4", 3, true, false, false),
+        ("s3", "c1", "u5", 20, false, false, false),
+        ("s4", "c2", "u1", 5, true, true, false),
+        ("s5", "c2", "u3", 5, true, false, false),
+        ("s6", "c2", "u3", 28, true, true, true),
+        ("s7", "c1", "u2", 9, true, true, false),
+    ];
+    let mut csv = String::from(
+        "send_id,campaign_id,user_id,channel,sent_at,delivered_at,opened_at,clicked_at\n",
+    );
+    for (id, c, u, day, d, o, k) in sends {
+        let at = format!("2026-01-{day:02}T10:00:00Z");
+        let when = |b: bool| if b { at.clone() } else { String::new() };
+        csv.push_str(&format!(
+            "{id},{c},{u},email,{at},{},{},{}\n",
+            when(d),
+            when(o),
+            when(k)
+        ));
+    }
+    let done = s.import(&t, "sends", csv.into_bytes()).await;
+    assert_eq!(done["state"]["code"], "DONE", "{done}");
+
+    // Campaign statistics over 1–15 January.
+    let done = run(&s, &t, json!({ "identifier": "message_export_campaign", "target": { "from": "2026-01-01", "to": "2026-01-15", "export_format": "json" } })).await;
+    assert_eq!(done["state"]["code"], "DONE", "{done}");
+    let rows: Vec<Value> =
+        serde_json::from_slice(&s.download(&t.key, done["id"].as_i64().unwrap()).await).unwrap();
+    assert_eq!(rows.len(), 3);
+    for row in &rows {
+        let c = row["campaign_id"].as_str().unwrap();
+        let mine: Vec<_> = sends.iter().filter(|x| x.1 == c && x.3 < 15).collect();
+        assert_eq!(row["sent"], mine.len(), "{row}");
+        assert_eq!(
+            row["delivered"],
+            mine.iter().filter(|x| x.4).count(),
+            "{row}"
+        );
+        assert_eq!(row["opened"], mine.iter().filter(|x| x.5).count(), "{row}");
+        assert_eq!(row["clicked"], mine.iter().filter(|x| x.6).count(), "{row}");
+    }
+    // Sends of one campaign from 4 January on.
+    let done = run(&s, &t, json!({ "identifier": "message_export_send", "target": { "campaign_id": "c1", "from": "2026-01-04" } })).await;
+    let got = csv_column(&s.download(&t.key, done["id"].as_i64().unwrap()).await, 0);
+    let want: Vec<&str> = sends
+        .iter()
+        .filter(|x| x.1 == "c1" && x.3 >= 4)
+        .map(|x| x.0)
+        .collect();
+    assert_eq!(got, want);
+    let (status, body) = s
+        .call(
+            "POST",
+            "/tasks",
+            &t.key,
+            Some(json!({ "identifier": "message_export_send", "target": { "from": "last week" } })),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert!(body.to_string().contains("target.from"), "{body}");
+
+    // Everything held about u1.
+    let done = run(
+        &s,
+        &t,
+        json!({ "identifier": "profile_export_data", "target": { "email": "a@x.io" } }),
+    )
+    .await;
+    assert_eq!(done["state"]["code"], "DONE", "{done}");
+    let doc: Value =
+        serde_json::from_slice(&s.download(&t.key, done["id"].as_i64().unwrap()).await).unwrap();
+    assert_eq!(doc["user_id"], "u1");
+    assert_eq!(doc["profile"]["attributes"]["nickname"], "nicku1");
+    assert_eq!(doc["devices"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        doc["lists"],
+        json!([{ "list_id": "vip", "added_at": doc["lists"][0]["added_at"] }])
+    );
+    assert_eq!(
+        doc["sends"].as_array().unwrap().len(),
+        sends.iter().filter(|x| x.2 == "u1").count()
+    );
+
+    // Erase u1 and u3: PII and PII attributes go, devices and memberships go, sends stay.
+    let done = run(&s, &t, json!({ "identifier": "profile_delete_personal_data", "target": { "user_ids": ["u1", "u3", "u404"] } })).await;
+    assert_eq!(done["state"]["code"], "DONE", "{done}");
+    assert_eq!(
+        done["output"],
+        json!({ "profiles": 2, "devices": 3, "list_memberships": 2, "not_found": ["u404"] })
+    );
+    let rows = profiles(&s, &t).await;
+    let u1 = rows.iter().find(|r| r["user_id"] == "u1").unwrap();
+    assert_eq!(u1["email"], Value::Null);
+    assert_eq!(u1["email_opt_in"], true, "not personal data");
+    assert_eq!(u1["attributes"], json!({ "ltv": 120.0, "vip": true }));
+    let done = run(
+        &s,
+        &t,
+        json!({ "identifier": "profile_export_data", "target": { "user_id": "u1" } }),
+    )
+    .await;
+    let doc: Value =
+        serde_json::from_slice(&s.download(&t.key, done["id"].as_i64().unwrap()).await).unwrap();
+    assert_eq!(doc["devices"], json!([]));
+    assert_eq!(doc["lists"], json!([]));
+    assert_eq!(doc["sends"].as_array().unwrap().len(), 2, "sends are kept");
+
+    // A retention policy makes one daily cleanup_users task.
+    settings(
+        &s,
+        &t,
+        json!({ "retention": { "delete_inactive_after_days": 365 } }),
+    )
+    .await;
+    settings(
+        &s,
+        &t,
+        json!({ "retention": { "delete_inactive_after_days": 365 } }),
+    )
+    .await;
+    let (status, list) = s
+        .call("GET", "/tasks?identifier=cleanup_users", &t.key, None)
+        .await;
+    assert_eq!(status, 200);
+    let tasks = list["tasks"]
+        .as_array()
+        .or(list["data"].as_array())
+        .unwrap_or_else(|| panic!("{list}"));
+    assert_eq!(tasks.len(), 1, "{list}");
+    assert_eq!(tasks[0]["trigger"]["repeat"], "daily");
+    let id = tasks[0]["id"].as_i64().unwrap();
+    // It is due now; wait for the run to come back READY for tomorrow.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let task = loop {
+        let (_, task) = s.call("GET", &format!("/tasks/{id}"), &t.key, None).await;
+        if task["logs"].as_array().is_some_and(|l| {
+            l.iter()
+                .any(|e| e["msg"].as_str().unwrap_or("").starts_with("deleted"))
+        }) {
+            break task;
+        }
+        assert!(std::time::Instant::now() < deadline, "{task}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(task["state"]["code"], "READY", "{task}");
+    let rows = profiles(&s, &t).await;
+    let left: Vec<&str> = rows
+        .iter()
+        .map(|r| r["user_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        left,
+        ["u1", "u2", "u3", "u4"],
+        "u5 and u6 were inactive since 2020"
     );
     s.stop().await;
 }

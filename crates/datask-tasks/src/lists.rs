@@ -1,0 +1,129 @@
+//! Lists: `list_import` (through the import pipeline, see `import.rs`)
+//! turns the profiles a file identifies into members of a list;
+//! `list_export` writes the list's profiles.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use datask_core::index::{IndexDef, LIST_MEMBERS, USERS, Value as Cell};
+use datask_core::segment::Filter;
+use datask_core::settings::ProfileSettings;
+use datask_core::store::{ImportRow, RowReject};
+use datask_engine::{Handler, Invalid, Outcome, TaskContext, TaskError};
+use jiff::Timestamp;
+use serde_json::{Map, Value, json};
+
+use crate::export::{export_to_file, exported, format_of, validate_format};
+use crate::target;
+
+/// `target.list_id`: 1 to 200 characters.
+pub(crate) fn list_id(t: &Map<String, Value>) -> Result<&str, Invalid> {
+    let id = target::required_string(t, "list_id")?;
+    if id.trim().is_empty() || id.chars().count() > 200 {
+        return Err(Invalid::new("list_id", "must be 1 to 200 characters"));
+    }
+    Ok(id)
+}
+
+/// Where a `list_import` writes, and how it finds profiles.
+pub(crate) struct ListTarget {
+    pub list_id: String,
+    identifier: &'static str,
+}
+
+impl ListTarget {
+    pub fn new(t: &Map<String, Value>, settings: &ProfileSettings) -> Result<Self, Invalid> {
+        let identifier = USERS
+            .column(&settings.identifier_column)
+            .map(|(_, c)| c.name)
+            .unwrap_or("user_id");
+        Ok(ListTarget {
+            list_id: list_id(t)?.to_string(),
+            identifier,
+        })
+    }
+
+    /// Turns a batch of parsed profile rows into list-member rows; rows
+    /// whose identifier matches no profile become rejects.
+    pub async fn members(
+        &self,
+        ctx: &TaskContext,
+        columns: &[usize],
+        rows: Vec<ImportRow>,
+        mut rejects: Vec<RowReject>,
+    ) -> Result<(Vec<usize>, Vec<ImportRow>, Vec<RowReject>), TaskError> {
+        let (at, _) = USERS.column(self.identifier).expect("a profile column");
+        let pos = columns
+            .iter()
+            .position(|&c| c == at)
+            .ok_or_else(|| TaskError::Fatal("the file has no identifier column".into()))?;
+        let text = |row: &ImportRow| match &row.values[pos] {
+            Cell::Text(s) => s.clone(),
+            _ => String::new(),
+        };
+        let wanted: Vec<String> = rows.iter().map(text).collect();
+        let found: HashMap<String, String> = ctx
+            .store
+            .lookup_profiles(ctx.task.tenant_id, self.identifier, wanted)
+            .await?
+            .into_iter()
+            .collect();
+        let now = Timestamp::now().as_microsecond();
+        let mut members = Vec::with_capacity(rows.len());
+        for row in rows {
+            let value = text(&row);
+            match found.get(&value) {
+                Some(user_id) => members.push(ImportRow {
+                    row: row.row,
+                    values: vec![
+                        Cell::Text(self.list_id.clone()),
+                        Cell::Text(user_id.clone()),
+                        Cell::Time(now),
+                    ],
+                    raw: row.raw,
+                }),
+                None => rejects.push(RowReject {
+                    row: row.row,
+                    code: "unknown_profile".into(),
+                    column: Some(self.identifier.into()),
+                    message: format!("No profile has {} '{value}'", self.identifier),
+                    raw: row.raw,
+                }),
+            }
+        }
+        rejects.sort_by_key(|r| r.row);
+        Ok(((0..LIST_MEMBERS.columns.len()).collect(), members, rejects))
+    }
+}
+
+/// `list_export`: the profiles on `target.list_id`, in any export format.
+pub struct ListExport;
+
+#[async_trait]
+impl Handler for ListExport {
+    fn identifier(&self) -> &'static str {
+        "list_export"
+    }
+
+    fn validate(&self, t: &mut Map<String, Value>) -> Result<(), Invalid> {
+        target::only_fields(t, &["action", "list_id", "export_format"])?;
+        list_id(t)?;
+        validate_format(t)
+    }
+
+    async fn run(&self, ctx: &TaskContext) -> Result<Outcome, TaskError> {
+        let t = &ctx.task.target;
+        let list = list_id(t).map_err(|e| TaskError::Fatal(e.to_string()))?;
+        let format = format_of(t);
+        let filter = Filter::InList {
+            list: list.to_string(),
+        };
+        let index: &'static IndexDef = &USERS;
+        let (key, rows) = export_to_file(ctx, index, Some(&filter), format, "list").await?;
+        Ok(exported(
+            key,
+            rows,
+            json!({ "rows": rows, "list_id": list, "format": format.extension() }),
+        ))
+    }
+}
