@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
-use datask_core::index::Value as Cell;
+use datask_core::index::{USERS, Value as Cell};
 use datask_core::store::{ImportBatch, ImportRow, RowReject};
 use datask_core::task::Counts;
 use datask_data::{
@@ -149,6 +149,14 @@ impl Handler for Import {
             Kind::List => &datask_core::index::LIST_MEMBERS,
             _ => schema.index_def(),
         };
+        // Profiles identified by email or mobile number are matched to the
+        // stored profile holding it.
+        let identity = match self.kind {
+            Kind::Profiles if settings.identifier_column != "user_id" => USERS
+                .column(&settings.identifier_column)
+                .map(|(_, c)| c.name),
+            _ => None,
+        };
         let dry_run = target::boolean(t, "dry_run").unwrap_or(false);
         let upload_id =
             target::required_string(t, "upload_id").map_err(|e| TaskError::Fatal(e.to_string()))?;
@@ -212,9 +220,14 @@ impl Handler for Import {
                 } => {
                     ctx.checkpoint()?;
                     header = names;
-                    let (columns, rows, rejects) = match &list {
-                        Some(list) => list.members(ctx, &columns, rows, rejects).await?,
-                        None => (columns, rows, rejects),
+                    let (columns, rows, rejects) = match (&list, identity) {
+                        (Some(list), _) => list.members(ctx, &columns, rows, rejects).await?,
+                        (None, Some(column)) => {
+                            let (rows, rejects) =
+                                match_profiles(ctx, column, &columns, rows, rejects).await?;
+                            (columns, rows, rejects)
+                        }
+                        (None, None) => (columns, rows, rejects),
                     };
                     let next = Checkpoint {
                         rows: rows_read,
@@ -303,6 +316,60 @@ impl Handler for Import {
             }),
         })
     }
+}
+
+/// For tenants that identify profiles by `column` (email or mobile number):
+/// a row whose identifier an existing profile holds updates that profile
+/// (its `user_id` wins over the file's); two rows of a batch that land on
+/// one profile make the later a duplicate.
+async fn match_profiles(
+    ctx: &TaskContext,
+    column: &'static str,
+    columns: &[usize],
+    rows: Vec<ImportRow>,
+    mut rejects: Vec<RowReject>,
+) -> Result<(Vec<ImportRow>, Vec<RowReject>), TaskError> {
+    let (at, _) = USERS.column(column).expect("a profile column");
+    let (Some(id_pos), Some(key_pos)) = (
+        columns.iter().position(|&c| c == at),
+        columns.iter().position(|&c| c == 0),
+    ) else {
+        return Ok((rows, rejects));
+    };
+    let text = |row: &ImportRow, p: usize| match &row.values[p] {
+        Cell::Text(s) => s.clone(),
+        _ => String::new(),
+    };
+    let found: std::collections::HashMap<String, String> = ctx
+        .store
+        .lookup_profiles(
+            ctx.task.tenant_id,
+            column,
+            rows.iter().map(|r| text(r, id_pos)).collect(),
+        )
+        .await?
+        .into_iter()
+        .collect();
+    let mut seen = HashSet::with_capacity(rows.len());
+    let mut kept = Vec::with_capacity(rows.len());
+    for mut row in rows {
+        if let Some(user_id) = found.get(&text(&row, id_pos)) {
+            row.values[key_pos] = Cell::Text(user_id.clone());
+        }
+        if seen.insert(text(&row, key_pos)) {
+            kept.push(row);
+        } else {
+            rejects.push(RowReject {
+                row: row.row,
+                code: "duplicate".into(),
+                column: None,
+                message: "duplicate key".into(),
+                raw: row.raw,
+            });
+        }
+    }
+    rejects.sort_by_key(|r| r.row);
+    Ok((kept, rejects))
 }
 
 /// Streams every rejected row, in input order, to `failed-rows-<task>.csv`.

@@ -11,6 +11,8 @@ on_both_stores!(
     profile_import_upserts_attributes_and_reports_rows,
     segments_lists_and_campaign_audiences,
     messages_and_personal_data,
+    profiles_identified_by_email,
+    bad_files_end_precisely,
 );
 
 async fn settings(s: &TestServer, t: &Tenant, body: Value) {
@@ -715,5 +717,114 @@ async fn messages_and_personal_data(b: Backend) {
         ["u1", "u2", "u3", "u4"],
         "u5 and u6 were inactive since 2020"
     );
+    s.stop().await;
+}
+
+/// A tenant identifying profiles by email: rows match the profile that
+/// holds the email; a new email makes a profile whose user_id is the email.
+async fn profiles_identified_by_email(b: Backend) {
+    let s = start(b).await;
+    let t = s.tenant("by-email").await;
+    let done = profile_import(&s, &t, "user_id,email\nu1,a@x.io\nu2,b@x.io\n", json!({})).await;
+    assert_eq!(done["state"]["code"], "DONE", "{done}");
+    settings(&s, &t, json!({ "identifier_column": "email" })).await;
+    let done = profile_import(
+        &s,
+        &t,
+        "email,first_name\na@x.io,Ann\nnew@x.io,Neo\n,Nobody\nb@x.io,Bea\nb@x.io,Bea again\n",
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        done["errors"],
+        json!({ "file[rows]": ["Rows must contain identifier (Row 4)", "Rows are duplicates (Row 6)"] })
+    );
+    // A file without the identifier column cannot be imported at all.
+    let done = profile_import(&s, &t, "user_id,first_name\nu1,Ann\n", json!({})).await;
+    assert_eq!(
+        done["errors"],
+        json!({ "file[columns]": ["Column 'email' is required: it identifies profiles"] })
+    );
+    let rows = profiles(&s, &t).await;
+    let names: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["user_id"].as_str().unwrap(),
+                r["first_name"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(names, [("new@x.io", "Neo"), ("u1", "Ann"), ("u2", "Bea")]);
+    s.stop().await;
+}
+
+/// Each awkward file either imports correctly or ends in ERROR with a
+/// message that says where; none leaves partial state it should not.
+async fn bad_files_end_precisely(b: Backend) {
+    let s = start(b).await;
+    let t = s.tenant("bad-files").await;
+    // BOM, CRLF and a quoted newline import correctly.
+    let done = profile_import(
+        &s,
+        &t,
+        "\u{feff}user_id,first_name,last_name\r\nu1,\"Ann\r\nMarie\",Smith\r\nu2,Bo,\"O\"\"Neil\"\r\n",
+        json!({}),
+    )
+    .await;
+    assert_eq!(done["state"]["code"], "DONE", "{done}");
+    let rows = profiles(&s, &t).await;
+    assert_eq!(rows[0]["first_name"], "Ann\r\nMarie");
+    assert_eq!(rows[1]["last_name"], "O\"Neil");
+    // A ragged row is one rejected row; the others are applied.
+    let done = profile_import(
+        &s,
+        &t,
+        "user_id,first_name\nu3,Cy\nu4\nu5,Di,extra\n",
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        done["errors"],
+        json!({ "file[rows]": ["2 Rows have the wrong number of fields ( Row 3, Row 4)"] })
+    );
+    assert_eq!(profiles(&s, &t).await.len(), 3);
+    // Invalid UTF-8 in a cell names the column and the row.
+    let upload = s
+        .upload(
+            &t.key,
+            "bad.csv",
+            b"user_id,first_name\nu6,\xff\xfe\nu7,Ok\n".to_vec(),
+        )
+        .await;
+    let task = s
+        .create(
+            &t.key,
+            json!({ "identifier": "profile_import", "target": { "upload_id": upload } }),
+        )
+        .await;
+    let done = s.wait(&t.key, task["id"].as_i64().unwrap(), 60).await;
+    assert_eq!(
+        done["errors"],
+        json!({ "file[rows]": ["Rows are not valid UTF-8 in column 'first_name' (Row 2)"] })
+    );
+    // An empty file is refused at upload; blank lines only end in ERROR.
+    let resp = s
+        .http
+        .post(format!("{}/uploads?filename=empty.csv", s.url))
+        .bearer_auth(&t.key)
+        .body(Vec::<u8>::new())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    assert!(resp.text().await.unwrap().contains("the upload is empty"));
+    let done = profile_import(&s, &t, "\n", json!({})).await;
+    assert_eq!(done["state"]["code"], "ERROR");
+    assert_eq!(done["errors"], json!({ "file": ["the file is empty"] }));
+    let done = profile_import(&s, &t, "user_id,first_name\n", json!({})).await;
+    assert_eq!(done["state"]["code"], "DONE", "{done}");
+    assert_eq!(done["output"]["rows"], 0);
+    assert_eq!(profiles(&s, &t).await.len(), 4);
     s.stop().await;
 }

@@ -35,8 +35,10 @@ pub fn pg_url() -> Option<String> {
     }
 }
 
-/// Runs a test body once per backend.
+/// Runs a test body once per backend (each test binary has its own
+/// `common` module, hence `crate::common`).
 #[macro_export]
+#[allow(clippy::crate_in_macro_def)]
 macro_rules! on_both_stores {
     ($($name:ident),* $(,)?) => {
         $(
