@@ -32,6 +32,11 @@ fn demo_rows(index: &str) -> u64 {
         "vouchers" => 3_000,
         "wallet-ledger" => 10_000,
         "products" => 500,
+        "devices" => 4_000,
+        "lists" => 5,
+        "list-members" => 1_500,
+        "campaigns" => 20,
+        "sends" => 10_000,
         _ => 1_500,
     }
 }
@@ -57,6 +62,19 @@ pub async fn seed(
             timezone: "Europe/Amsterdam".into(),
             concurrency: 4,
         })
+        .await?;
+    // The synthetic profiles carry these attributes (see synth.rs).
+    store
+        .update_tenant(
+            tenant.clone(),
+            datask_core::settings::ProfileSettings {
+                attributes: vec![
+                    attribute("tier", datask_core::settings::AttributeType::String),
+                    attribute("points", datask_core::settings::AttributeType::Number),
+                ],
+                ..Default::default()
+            },
+        )
         .await?;
     let demo = Demo {
         tenant_id: tenant.id,
@@ -121,9 +139,21 @@ pub async fn seed(
     Ok(demo)
 }
 
+fn attribute(
+    name: &str,
+    ty: datask_core::settings::AttributeType,
+) -> datask_core::settings::Attribute {
+    datask_core::settings::Attribute {
+        name: name.into(),
+        ty,
+        enabled: true,
+        pii: false,
+    }
+}
+
 pub fn instructions(demo: &Demo, url: &str) -> String {
     format!(
-        "\ndemo tenant {id} is ready (six import tasks are loading its indexes with synthetic data)\n\
+        "\ndemo tenant {id} is ready (import tasks are loading its indexes with synthetic data)\n\
          privileged key: {key}\n\
          app token:      {app}\n\n\
          try it:\n\

@@ -51,6 +51,10 @@ fn prefix(index: &IndexDef) -> &'static str {
         "vouchers" => "v",
         "wallet-ledger" => "w",
         "products" => "p",
+        "devices" => "d",
+        "lists" | "list-members" => "l",
+        "campaigns" => "c",
+        "sends" => "s",
         _ => "pv",
     }
 }
@@ -68,11 +72,53 @@ pub fn write_csv(index: &IndexDef, rows: u64, seed: u64, out: impl Write) -> io:
             if i > 0 {
                 out.write_all(b",")?;
             }
+            if i == 0 && index.name == "list-members" {
+                // Five lists; each row a distinct member.
+                write!(out, "l{:08}", n % 5)?;
+                continue;
+            }
             if i == 0 {
                 write!(out, "{}{:08}", prefix(index), n)?;
                 continue;
             }
+            match (index.name, col.name, col.ty) {
+                ("list-members", "user_id", _) => {
+                    write!(out, "u{n:08}")?;
+                    continue;
+                }
+                ("campaigns", "segment_id", _) => continue,
+                ("campaigns", "segment", _) => {
+                    write!(
+                        out,
+                        "\"{{\"\"field\"\":\"\"country\"\",\"\"op\"\":\"\"eq\"\",\"\"value\"\":\"\"{}\"\"}}\"",
+                        pick(&mut rng, COUNTRIES)
+                    )?;
+                    continue;
+                }
+                // Fewer opens than deliveries, fewer clicks than opens.
+                ("sends", "delivered_at" | "opened_at" | "clicked_at", _)
+                    if rng.below(10)
+                        < match col.name {
+                            "delivered_at" => 1,
+                            "opened_at" => 5,
+                            _ => 8,
+                        } =>
+                {
+                    continue;
+                }
+                ("sends", "campaign_id", _) => {
+                    write!(out, "c{:08}", rng.below(20))?;
+                    continue;
+                }
+                _ => {}
+            }
             match (col.name, col.ty) {
+                ("channel", _) => {
+                    out.write_all(pick(&mut rng, &["email", "push", "sms"]).as_bytes())?
+                }
+                ("platform", _) => {
+                    out.write_all(pick(&mut rng, &["ios", "android", "web"]).as_bytes())?
+                }
                 ("user_id", _) => write!(out, "u{:08}", rng.below(rows.max(1)))?,
                 ("product_id", _) => write!(out, "p{:08}", rng.below((rows / 3).max(1)))?,
                 ("email", _) => write!(out, "user{n}@example.com")?,
