@@ -129,7 +129,9 @@ pub(crate) async fn create(
 }
 
 #[utoipa::path(get, path = "/segments/{id}", tag = "segments", params(("id" = i64, Path)),
-    responses((status = 200, body = SegmentView), (status = 401, body = crate::openapi::ErrorBody),
+    responses((status = 200, body = SegmentView),
+        (status = 400, description = "the id is not a segment id", body = crate::openapi::ErrorBody),
+        (status = 401, body = crate::openapi::ErrorBody),
         (status = 404, body = crate::openapi::ErrorBody)),
     security(("bearer" = [])))]
 pub(crate) async fn read(
@@ -180,7 +182,9 @@ pub(crate) async fn update(
 }
 
 #[utoipa::path(delete, path = "/segments/{id}", tag = "segments", params(("id" = i64, Path)),
-    responses((status = 204), (status = 401, body = crate::openapi::ErrorBody),
+    responses((status = 204),
+        (status = 400, description = "the id is not a segment id", body = crate::openapi::ErrorBody),
+        (status = 401, body = crate::openapi::ErrorBody),
         (status = 403, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody)),
     security(("bearer" = [])))]
 pub(crate) async fn remove(

@@ -1200,3 +1200,390 @@ async fn exported_filtered(s: &S, tenant: i64, f: &datask_core::segment::Filter)
     }
     out
 }
+
+/// Keys of `idx` rows matching `f`, in key order (first key column).
+async fn keys_matching(
+    s: &S,
+    tenant: i64,
+    idx: &'static index::IndexDef,
+    f: &datask_core::segment::Filter,
+) -> Vec<String> {
+    use futures::StreamExt;
+    let mut out = vec![];
+    let mut stream = s.export_rows(tenant, idx, Some(f)).await.unwrap();
+    while let Some(b) = stream.next().await {
+        for row in b.unwrap() {
+            if let Value::Text(k) = &row[0] {
+                out.push(k.clone());
+            }
+        }
+    }
+    out
+}
+
+/// Writes `rows` (values for every column) into `idx` in one batch.
+async fn load(
+    s: &S,
+    tenant: i64,
+    c: &ClaimedTask,
+    idx: &'static index::IndexDef,
+    rows: Vec<Vec<Value>>,
+) {
+    let rows = rows
+        .into_iter()
+        .enumerate()
+        .map(|(i, values)| ImportRow {
+            row: i as i64 + 2,
+            values,
+            raw: String::new(),
+        })
+        .collect();
+    let mut b = batch(
+        tenant,
+        c,
+        c.fence + idx.columns.len() as i64 * 1000,
+        (0..idx.columns.len()).collect(),
+        rows,
+        vec![],
+        0,
+    );
+    b.index = idx;
+    let out = s.import_batch(b).await.unwrap();
+    assert_eq!(out.duplicates, 0);
+}
+
+/// Segments over custom attributes (the JSON type is checked: a value of
+/// another type never matches), lists, channel eligibility and rows owned by
+/// profiles give the same rows on every store; deletions and erasures by
+/// filter touch exactly those rows.
+pub async fn profile_segments_and_erasure(s: S) {
+    use datask_core::segment::{self, Channel, Filter};
+    use datask_core::settings::{Attribute, AttributeType};
+    let a = tenant(&s, 4).await;
+    let other = tenant(&s, 4).await;
+    insert(&s, new_task(a, at(0))).await;
+    let c = claim_one(&s, at(0)).await;
+    let text = |v: &str| Value::Text(v.into());
+    let profile = |id: &str,
+                   email: Option<&str>,
+                   email_in: bool,
+                   mobile: Option<&str>,
+                   sms_in: bool,
+                   attrs: &str| {
+        let mut v = vec![Value::Null; index::USERS.columns.len()];
+        v[0] = text(id);
+        v[1] = email.map(text).unwrap_or(Value::Null);
+        v[2] = mobile.map(text).unwrap_or(Value::Null);
+        v[3] = text(&format!("First {id}"));
+        v[8] = Value::Boolean(email_in);
+        v[9] = Value::Boolean(sms_in);
+        v[13] = if attrs.is_empty() {
+            Value::Null
+        } else {
+            Value::Json(attrs.into())
+        };
+        v
+    };
+    load(&s, a, &c, &index::USERS, vec![
+        profile("u1", Some("a@x.io"), true, None, false, r#"{"ltv": 120.5, "tier": "gold", "vip": true, "since": "2024-01-02T00:00:00Z", "nick": "Al"}"#),
+        profile("u2", Some("b@x.io"), false, Some("+311"), true, r#"{"ltv": 80, "tier": "silver", "vip": false, "since": "2025-06-01T00:00:00Z"}"#),
+        profile("u3", Some(""), true, Some("+312"), true, r#"{"ltv": "lots", "tier": 7, "vip": "yes"}"#),
+        profile("u4", None, true, Some(""), true, ""),
+    ]).await;
+    let device = |id: &str, user: &str, push: bool| {
+        vec![
+            text(id),
+            text(user),
+            text("ios"),
+            text("tok"),
+            Value::Boolean(push),
+            Value::Null,
+            Value::Null,
+        ]
+    };
+    load(
+        &s,
+        a,
+        &c,
+        &index::DEVICES,
+        vec![
+            device("d1", "u1", true),
+            device("d2", "u2", false),
+            device("d3", "u3", true),
+            device("d4", "u3", true),
+        ],
+    )
+    .await;
+    let member = |list: &str, user: &str| vec![text(list), text(user), Value::Null];
+    load(
+        &s,
+        a,
+        &c,
+        &index::LIST_MEMBERS,
+        vec![
+            member("vip", "u1"),
+            member("vip", "u4"),
+            member("old", "u2"),
+        ],
+    )
+    .await;
+    // The same key in another tenant must never show.
+    load(
+        &s,
+        other,
+        &c,
+        &index::LIST_MEMBERS,
+        vec![member("vip", "u2")],
+    )
+    .await;
+
+    let attrs = vec![
+        Attribute {
+            name: "ltv".into(),
+            ty: AttributeType::Number,
+            enabled: true,
+            pii: false,
+        },
+        Attribute {
+            name: "tier".into(),
+            ty: AttributeType::String,
+            enabled: true,
+            pii: false,
+        },
+        Attribute {
+            name: "vip".into(),
+            ty: AttributeType::Boolean,
+            enabled: true,
+            pii: false,
+        },
+        Attribute {
+            name: "since".into(),
+            ty: AttributeType::Date,
+            enabled: true,
+            pii: false,
+        },
+        Attribute {
+            name: "nick".into(),
+            ty: AttributeType::String,
+            enabled: true,
+            pii: true,
+        },
+    ];
+    let cases: Vec<(serde_json::Value, Vec<&str>)> = vec![
+        (
+            json!({"field": "ltv", "op": "gte", "value": 80}),
+            vec!["u1", "u2"],
+        ),
+        (
+            json!({"field": "ltv", "op": "lt", "value": 100}),
+            vec!["u2"],
+        ),
+        (
+            json!({"field": "tier", "op": "eq", "value": "gold"}),
+            vec!["u1"],
+        ),
+        (
+            json!({"field": "tier", "op": "in", "value": ["gold", "silver", "7"]}),
+            vec!["u1", "u2"],
+        ),
+        (
+            json!({"field": "tier", "op": "starts_with", "value": "sil"}),
+            vec!["u2"],
+        ),
+        (
+            json!({"field": "vip", "op": "eq", "value": true}),
+            vec!["u1"],
+        ),
+        (
+            json!({"field": "vip", "op": "eq", "value": false}),
+            vec!["u2"],
+        ),
+        (
+            json!({"field": "since", "op": "before", "value": "2025-01-01"}),
+            vec!["u1"],
+        ),
+        (
+            json!({"field": "since", "op": "after", "value": "2024-01-02"}),
+            vec!["u2"],
+        ),
+        (json!({"field": "ltv", "op": "is_null"}), vec!["u3", "u4"]),
+        (
+            json!({"field": "user_id", "op": "in_list", "value": "vip"}),
+            vec!["u1", "u4"],
+        ),
+        (
+            json!({"not": {"field": "user_id", "op": "in_list", "value": "vip"}}),
+            vec!["u2", "u3"],
+        ),
+        (
+            json!({"all": [{"field": "user_id", "op": "in_list", "value": "vip"}, {"field": "ltv", "op": "gt", "value": 0}]}),
+            vec!["u1"],
+        ),
+    ];
+    for (seg, want) in cases {
+        let f = segment::parse_with(&index::USERS, &attrs, &seg, "segment", t0()).unwrap();
+        assert_eq!(keys_matching(&s, a, &index::USERS, &f).await, want, "{seg}");
+        assert_eq!(
+            s.count_rows(a, &index::USERS, Some(&f)).await.unwrap(),
+            want.len() as i64,
+            "{seg}"
+        );
+    }
+    for (channel, want) in [
+        (Channel::Email, vec!["u1"]),
+        (Channel::Sms, vec!["u2", "u3"]),
+        (Channel::Push, vec!["u1", "u3"]),
+    ] {
+        assert_eq!(
+            keys_matching(&s, a, &index::USERS, &Filter::Eligible(channel)).await,
+            want,
+            "{channel:?}"
+        );
+    }
+    let vip = segment::parse_with(
+        &index::USERS,
+        &attrs,
+        &json!({"field": "ltv", "op": "gte", "value": 0}),
+        "s",
+        t0(),
+    )
+    .unwrap();
+    let owned = Filter::OwnedBy(Box::new(vip.clone()));
+    assert_eq!(
+        keys_matching(&s, a, &index::DEVICES, &owned).await,
+        vec!["d1", "d2"]
+    );
+
+    let mut found = s
+        .lookup_profiles(
+            a,
+            "email",
+            vec!["a@x.io".into(), "zz@x.io".into(), "b@x.io".into()],
+        )
+        .await
+        .unwrap();
+    found.sort();
+    assert_eq!(
+        found,
+        vec![
+            ("a@x.io".into(), "u1".into()),
+            ("b@x.io".into(), "u2".into())
+        ]
+    );
+    assert!(
+        s.lookup_profiles(other, "user_id", vec!["u1".into()])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Erase u1 and u3: PII columns and the `nick` attribute go.
+    let erase = Filter::In {
+        column: segment::Field::Column("user_id"),
+        negated: false,
+        values: vec![
+            segment::Bound::Text("u1".into()),
+            segment::Bound::Text("u3".into()),
+        ],
+    };
+    let n = s
+        .clear_fields(
+            a,
+            &index::USERS,
+            &erase,
+            &["email", "first_name"],
+            &["nick".into(), "absent".into()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 2);
+    let rows = exported(&s, a, &index::USERS).await;
+    assert_eq!(rows[0][1], Value::Null);
+    assert_eq!(rows[0][3], Value::Null);
+    let attrs_u1: serde_json::Value = match &rows[0][13] {
+        Value::Json(j) => serde_json::from_str(j).unwrap(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        attrs_u1,
+        json!({"ltv": 120.5, "tier": "gold", "vip": true, "since": "2024-01-02T00:00:00Z"})
+    );
+    assert_eq!(rows[1][1], text("b@x.io"), "others untouched");
+    assert_eq!(
+        s.delete_rows(
+            a,
+            &index::DEVICES,
+            &Filter::OwnedBy(Box::new(erase.clone()))
+        )
+        .await
+        .unwrap(),
+        3
+    );
+    assert_eq!(
+        s.delete_rows(a, &index::LIST_MEMBERS, &erase)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(s.count_rows(a, &index::DEVICES, None).await.unwrap(), 1);
+    assert_eq!(
+        s.count_rows(other, &index::LIST_MEMBERS, None)
+            .await
+            .unwrap(),
+        1,
+        "another tenant's rows stay"
+    );
+}
+
+pub async fn saved_segments(s: S) {
+    let a = tenant(&s, 4).await;
+    let b = tenant(&s, 4).await;
+    let f = json!({"all": [{"field": "country", "op": "eq", "value": "NL"}]});
+    let one = s
+        .create_segment(a, "Dutch".into(), f.clone(), at(0))
+        .await
+        .unwrap();
+    let two = s
+        .create_segment(a, "All".into(), json!({"all": []}), at(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        (one.name.as_str(), &one.filter, one.created_at),
+        ("Dutch", &f, at(0))
+    );
+    assert_eq!(s.get_segment(a, one.id).await.unwrap(), Some(one.clone()));
+    assert_eq!(s.get_segment(b, one.id).await.unwrap(), None);
+    let all = s.list_segments(a).await.unwrap();
+    assert_eq!(
+        all.iter().map(|x| x.id).collect::<Vec<_>>(),
+        vec![one.id, two.id]
+    );
+    assert!(s.list_segments(b).await.unwrap().is_empty());
+    let changed = s
+        .update_segment(a, one.id, "NL".into(), json!({"any": []}), at(5))
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            changed.name.as_str(),
+            changed.created_at,
+            changed.updated_at
+        ),
+        ("NL", at(0), at(5))
+    );
+    assert!(matches!(
+        s.update_segment(b, one.id, "x".into(), json!({}), at(6))
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        s.delete_segment(b, one.id).await,
+        Err(StoreError::NotFound)
+    ));
+    s.delete_segment(a, one.id).await.unwrap();
+    assert_eq!(s.get_segment(a, one.id).await.unwrap(), None);
+    assert!(matches!(
+        s.delete_segment(a, one.id).await,
+        Err(StoreError::NotFound)
+    ));
+}
