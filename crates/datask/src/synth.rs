@@ -155,6 +155,43 @@ pub fn write_csv(index: &IndexDef, rows: u64, seed: u64, out: impl Write) -> io:
     out.flush()
 }
 
+/// Profiles as `profile_import` reads them: the standard fields of `users`
+/// (not the `attributes` object) and the custom attributes `tier` (string)
+/// and `points` (number) as columns of their own.
+pub fn write_profiles_csv(rows: u64, seed: u64, out: impl Write) -> io::Result<()> {
+    let mut out = io::BufWriter::with_capacity(1 << 20, out);
+    let mut rng = Rng::new(seed);
+    let base = 1_735_689_600u64; // 2025-01-01T00:00:00Z
+    writeln!(
+        out,
+        "user_id,email,mobile_number,first_name,last_name,country,language,timezone,\
+         email_opt_in,sms_opt_in,push_opt_in,created_at,last_active_at,tier,points"
+    )?;
+    let yes_no = |rng: &mut Rng| if rng.below(2) == 0 { "true" } else { "false" };
+    for n in 0..rows {
+        let created = jiff::Timestamp::from_second((base + rng.below(365 * 86_400)) as i64)
+            .expect("in range");
+        let active = jiff::Timestamp::from_second((base + rng.below(365 * 86_400)) as i64)
+            .expect("in range");
+        writeln!(
+            out,
+            "u{n:08},user{n}@example.com,+3161{:07},{},{},{},{},{},{},{},{},{created},{active},{},{}",
+            rng.below(10_000_000),
+            pick(&mut rng, FIRST),
+            pick(&mut rng, LAST),
+            pick(&mut rng, COUNTRIES),
+            pick(&mut rng, LANGUAGES),
+            pick(&mut rng, ZONES),
+            yes_no(&mut rng),
+            yes_no(&mut rng),
+            yes_no(&mut rng),
+            pick(&mut rng, &["gold", "silver", "bronze"]),
+            rng.below(10_000),
+        )?;
+    }
+    out.flush()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
