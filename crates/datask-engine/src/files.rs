@@ -62,8 +62,12 @@ impl FileStore {
     }
 
     /// A buffered writer; the object appears only when `shutdown` completes.
+    /// Past 8 MiB it uploads in parts; at most two in flight, so a writer
+    /// faster than the disk (or the network) waits instead of queueing
+    /// parts in memory.
     pub fn writer(&self, key: &str) -> BufWriter {
         BufWriter::with_capacity(self.inner.clone(), Path::from(key), 8 << 20)
+            .with_max_concurrency(2)
     }
 
     pub async fn size(&self, key: &str) -> Result<u64, FileError> {

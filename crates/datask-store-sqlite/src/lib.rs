@@ -48,7 +48,13 @@ fn backend(e: rusqlite::Error) -> StoreError {
     StoreError::backend(e)
 }
 
-fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
+/// Page cache per connection, in KiB. Bounded so that memory does not
+/// grow with the database: the writer's holds the hot end of the tables and
+/// key indexes an import appends to; readers stream, so theirs stays small.
+const WRITER_CACHE_KIB: i64 = 16 * 1024;
+const READER_CACHE_KIB: i64 = 4 * 1024;
+
+fn open_connection(path: &Path, cache_kib: i64) -> rusqlite::Result<Connection> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -62,9 +68,9 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
         "PRAGMA journal_mode = WAL;
          PRAGMA synchronous = NORMAL;
          PRAGMA foreign_keys = ON;
-         PRAGMA temp_store = MEMORY;
-         PRAGMA cache_size = -65536;",
+         PRAGMA temp_store = MEMORY;",
     )?;
+    conn.pragma_update(None, "cache_size", -cache_kib)?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
 }
@@ -75,7 +81,7 @@ impl SqliteStore {
         let path = path.as_ref().to_path_buf();
         let writer = tokio::task::spawn_blocking({
             let path = path.clone();
-            move || open_connection(&path)
+            move || open_connection(&path, WRITER_CACHE_KIB)
         })
         .await
         .map_err(StoreError::backend)?
@@ -149,7 +155,7 @@ impl Inner {
         if let Some(c) = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop() {
             return Ok(c);
         }
-        Ok(open_connection(&self.path)?)
+        Ok(open_connection(&self.path, READER_CACHE_KIB)?)
     }
 
     fn return_reader(&self, conn: Connection) {

@@ -1,3 +1,9 @@
+/// mimalloc: rows are parsed on one thread and freed on another; glibc's
+/// per-thread arenas kept that memory and grew with the file (measured by
+/// `datask-bench memory`), and allocation was a tenth of an import's time.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::PathBuf;
 
 use anyhow::Context;

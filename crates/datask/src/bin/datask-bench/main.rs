@@ -13,6 +13,12 @@
 //!
 //!     cargo run --release -p datask --bin datask-bench -- all --rows 1000000 --pg-url postgres://… --out BENCHMARKS.md
 
+/// mimalloc: rows are parsed on one thread and freed on another; glibc's
+/// per-thread arenas kept that memory and grew with the file (measured by
+/// `datask-bench memory`), and allocation was a tenth of an import's time.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod burndown;
 mod io;
 mod memory;
