@@ -73,6 +73,104 @@ pub(crate) struct TaskInput {
     version: Option<i64>,
 }
 
+/// `POST /tasks` as `multipart/form-data`: the task and its input file in
+/// one request.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct TaskMultipart {
+    /// The task as JSON, as in an `application/json` body.
+    #[schema(value_type = Object)]
+    task: String,
+    /// The CSV or JSON-lines file; streamed like `POST /uploads`, its id
+    /// becomes `target.upload_id`.
+    #[schema(value_type = String, format = Binary)]
+    file: Option<String>,
+}
+
+/// The task of a `POST /tasks`: a JSON body, or `multipart/form-data` with
+/// the task JSON in a part named `task` and the input file in a part named
+/// `file`.
+async fn task_input(
+    state: &AppState,
+    tenant: i64,
+    req: axum::extract::Request,
+) -> Result<TaskInput, ApiError> {
+    use axum::extract::FromRequest;
+    let content_type = req
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    if !content_type
+        .to_ascii_lowercase()
+        .starts_with("multipart/form-data")
+    {
+        return Ok(JsonBody::<TaskInput>::from_request(req, state).await?.0);
+    }
+    let boundary = multer::parse_boundary(&content_type).map_err(|e| {
+        ApiError::BadRequest(format!("the multipart body has no usable boundary: {e}"))
+    })?;
+    let malformed =
+        |e: multer::Error| ApiError::BadRequest(format!("the multipart body is malformed: {e}"));
+    let mut parts = multer::Multipart::new(req.into_body().into_data_stream(), boundary);
+    let mut task: Option<TaskInput> = None;
+    let mut upload: Option<String> = None;
+    while let Some(mut field) = parts.next_field().await.map_err(malformed)? {
+        let name = field.name().unwrap_or("").to_string();
+        match name.as_str() {
+            "task" if task.is_none() => {
+                let mut json = Vec::new();
+                while let Some(chunk) = field.chunk().await.map_err(malformed)? {
+                    if json.len() + chunk.len() > state.config.max_json_bytes {
+                        return Err(ApiError::TooLarge(
+                            "the task part is larger than the limit".into(),
+                        ));
+                    }
+                    json.extend_from_slice(&chunk);
+                }
+                task = Some(crate::body::parse_json(&json)?);
+            }
+            "file" if upload.is_none() => {
+                let filename = field.file_name().map(str::to_string);
+                let (id, _, _) =
+                    crate::uploads::store_upload(state, tenant, filename, field).await?;
+                upload = Some(id);
+            }
+            "task" | "file" => {
+                return Err(ApiError::invalid(name, "appears more than once"));
+            }
+            _ => {
+                return Err(ApiError::invalid(
+                    if name.is_empty() {
+                        "multipart".to_string()
+                    } else {
+                        name
+                    },
+                    "unknown part; expected task and file",
+                ));
+            }
+        }
+    }
+    let mut task = task.ok_or_else(|| {
+        ApiError::invalid(
+            "task",
+            "the multipart body needs a part named task holding the task JSON",
+        )
+    })?;
+    if let Some(id) = upload {
+        let target = task.target.get_or_insert_with(Map::new);
+        if target.get("upload_id").is_some_and(|v| !v.is_null()) {
+            return Err(ApiError::invalid(
+                "target.upload_id",
+                "give the file or an upload_id, not both",
+            ));
+        }
+        target.insert("upload_id".into(), Value::String(id));
+    }
+    Ok(task)
+}
+
 #[derive(utoipa::ToSchema, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct TriggerInput {
@@ -310,7 +408,8 @@ async fn resolve(
     })
 }
 
-#[utoipa::path(post, path = "/tasks", tag = "tasks", request_body = TaskInput,
+#[utoipa::path(post, path = "/tasks", tag = "tasks",
+    request_body(content((TaskInput = "application/json"), (TaskMultipart = "multipart/form-data"))),
     params(("Idempotency-Key" = Option<String>, Header, description = "a repeated key returns the first task (200)")),
     responses(
         (status = 201, description = "created", body = TaskView),
@@ -325,9 +424,10 @@ pub(crate) async fn create(
     caller: Caller,
     State(state): State<AppState>,
     headers: HeaderMap,
-    JsonBody(input): JsonBody<TaskInput>,
+    req: axum::extract::Request,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     caller.require(Access::Operator)?;
+    let input = task_input(&state, caller.tenant_id, req).await?;
     if input.version.is_some() {
         return Err(ApiError::invalid("version", "is only accepted by PUT"));
     }

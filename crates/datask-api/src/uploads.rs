@@ -84,13 +84,31 @@ pub(crate) async fn upload(
             "must be 1 to 255 characters without slashes",
         ));
     }
+    let (id, size, sha256) =
+        store_upload(&state, caller.tenant_id, filename, body.into_data_stream()).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "upload_id": id, "size": size, "sha256": sha256 })),
+    ))
+}
+
+/// Streams a file to the file store while hashing and measuring it, and
+/// registers it once complete: (upload id, size, sha256). Refuses an empty
+/// file, binary data and anything over the configured limit; a refused or
+/// interrupted file leaves nothing behind.
+pub(crate) async fn store_upload<E: std::fmt::Display>(
+    state: &AppState,
+    tenant_id: i64,
+    filename: Option<String>,
+    stream: impl futures::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+) -> Result<(String, u64, String), ApiError> {
+    let mut stream = stream;
     let id = uuid::Uuid::new_v4().simple().to_string();
-    let key = FileStore::upload_key(caller.tenant_id, &id);
+    let key = FileStore::upload_key(tenant_id, &id);
     let mut writer = state.files.writer(&key);
     let limit = state.config.max_upload_bytes;
     let mut hasher = Sha256::new();
     let mut size: u64 = 0;
-    let mut stream = body.into_data_stream();
     let failure: Option<ApiError> = loop {
         let chunk = match stream.next().await {
             None => break None,
@@ -132,7 +150,7 @@ pub(crate) async fn upload(
     let sha256 = hex::encode(hasher.finalize());
     let upload = Upload {
         id: id.clone(),
-        tenant_id: caller.tenant_id,
+        tenant_id: tenant_id,
         size: size as i64,
         sha256: sha256.clone(),
         object_key: key.clone(),
@@ -144,8 +162,5 @@ pub(crate) async fn upload(
         let _ = state.files.delete(&key).await;
         return Err(e.into());
     }
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({ "upload_id": id, "size": size, "sha256": sha256 })),
-    ))
+    Ok((id, size, sha256))
 }

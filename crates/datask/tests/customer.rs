@@ -13,6 +13,7 @@ on_both_stores!(
     messages_and_personal_data,
     profiles_identified_by_email,
     bad_files_end_precisely,
+    multipart_task_with_its_file,
 );
 
 async fn settings(s: &TestServer, t: &Tenant, body: Value) {
@@ -826,5 +827,58 @@ async fn bad_files_end_precisely(b: Backend) {
     assert_eq!(done["state"]["code"], "DONE", "{done}");
     assert_eq!(done["output"]["rows"], 0);
     assert_eq!(profiles(&s, &t).await.len(), 4);
+    s.stop().await;
+}
+
+/// `POST /tasks` as multipart/form-data: the task JSON and the file in one
+/// request; the file becomes the task's upload.
+async fn multipart_task_with_its_file(b: Backend) {
+    let s = start(b).await;
+    let t = s.tenant("multipart").await;
+    let post = |body: String| {
+        s.http
+            .post(format!("{}/tasks", s.url))
+            .bearer_auth(&t.key)
+            .header("content-type", "multipart/form-data; boundary=XyZ")
+            .body(body)
+            .send()
+    };
+    let part = |name: &str, extra: &str, content: &str| {
+        format!(
+            "--XyZ\r\nContent-Disposition: form-data; name=\"{name}\"{extra}\r\n\r\n{content}\r\n"
+        )
+    };
+    let body = part(
+        "task",
+        "",
+        r#"{"identifier": "profile_import", "desc": "one request"}"#,
+    ) + &part(
+        "file",
+        "; filename=\"p.csv\"",
+        "user_id,email\nu1,a@x.io\nu2,b@x.io",
+    ) + "--XyZ--\r\n";
+    let resp = post(body).await.unwrap();
+    assert_eq!(resp.status(), 201);
+    let task: Value = resp.json().await.unwrap();
+    assert!(task["target"]["upload_id"].is_string(), "{task}");
+    let done = s.wait(&t.key, task["id"].as_i64().unwrap(), 60).await;
+    assert_eq!(done["state"]["code"], "DONE", "{done}");
+    assert_eq!(profiles(&s, &t).await.len(), 2);
+
+    // Mistakes name the part.
+    for (body, needle) in [
+        (part("file", "", "x") + "--XyZ--\r\n", "part named task"),
+        (
+            part("task", "", "{\"identifier\": 3}") + "--XyZ--\r\n",
+            "identifier",
+        ),
+        (part("other", "", "x") + "--XyZ--\r\n", "unknown part"),
+        ("garbage".to_string(), "malformed"),
+    ] {
+        let resp = post(body).await.unwrap();
+        assert_eq!(resp.status(), 400);
+        let text = resp.text().await.unwrap();
+        assert!(text.contains(needle), "{text}");
+    }
     s.stop().await;
 }
