@@ -150,7 +150,7 @@ pub(crate) async fn store_upload<E: std::fmt::Display>(
     let sha256 = hex::encode(hasher.finalize());
     let upload = Upload {
         id: id.clone(),
-        tenant_id: tenant_id,
+        tenant_id,
         size: size as i64,
         sha256: sha256.clone(),
         object_key: key.clone(),
