@@ -27,6 +27,11 @@ use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use crate::target;
 
+/// One fixed hasher for the `atomic` key check, so that a key always
+/// hashes the same within a run.
+const KEY_HASH: std::hash::BuildHasherDefault<std::collections::hash_map::DefaultHasher> =
+    std::hash::BuildHasherDefault::new();
+
 /// Rows per committed batch: large enough to amortise the transaction.
 const BATCH_ROWS: usize = 5_000;
 
@@ -69,6 +74,10 @@ struct Checkpoint {
     /// Data rows consumed (and committed) so far.
     rows: u64,
     run_tag: i64,
+    /// `target.atomic`: the whole file was checked and found clean, so
+    /// this pass writes.
+    #[serde(default)]
+    validated: bool,
 }
 
 /// What the parsing thread sends.
@@ -102,13 +111,18 @@ impl Handler for Import {
 
     fn validate(&self, t: &mut Map<String, Value>) -> Result<(), Invalid> {
         match self.kind {
-            Kind::Profiles => target::only_fields(t, &["action", "upload_id", "dry_run"])?,
+            Kind::Profiles => {
+                target::only_fields(t, &["action", "upload_id", "dry_run", "atomic"])?
+            }
             Kind::List => {
                 target::only_fields(t, &["action", "upload_id", "dry_run", "list_id"])?;
                 crate::lists::list_id(t)?;
             }
             Kind::Index => {
-                target::only_fields(t, &["action", "import_index", "upload_id", "dry_run"])?;
+                target::only_fields(
+                    t,
+                    &["action", "import_index", "upload_id", "dry_run", "atomic"],
+                )?;
                 target::index(t, "import_index")?;
             }
         }
@@ -125,6 +139,7 @@ impl Handler for Import {
             ));
         }
         target::boolean(t, "dry_run")?;
+        target::boolean(t, "atomic")?;
         Ok(())
     }
 
@@ -158,6 +173,10 @@ impl Handler for Import {
             _ => None,
         };
         let dry_run = target::boolean(t, "dry_run").unwrap_or(false);
+        // All or nothing: a first pass checks the whole file (duplicates
+        // across batches too) and writes nothing; only a clean file is
+        // read again and written.
+        let atomic = target::boolean(t, "atomic").unwrap_or(false) && !dry_run;
         let upload_id =
             target::required_string(t, "upload_id").map_err(|e| TaskError::Fatal(e.to_string()))?;
         let upload = ctx
@@ -177,92 +196,129 @@ impl Handler for Import {
                 }
             }
         };
+        if atomic && !cp.validated && cp.rows > 0 {
+            // The keys seen by an interrupted check are gone: check again.
+            ctx.store.clear_rejects(ctx.task.id, ctx.fence).await?;
+            cp.rows = 0;
+        }
         if cp.rows > 0 {
             ctx.log(format!("resuming after row {} of the file", cp.rows + 1))
                 .await?;
         }
-
-        let bytes = ctx
-            .files
-            .read(&upload.object_key, None)
-            .await
-            .map_err(|e| TaskError::Retryable(e.to_string()))?;
-        let reader = StreamReader::new(bytes.map(|r| r.map_err(std::io::Error::other)));
-        let (tx, mut rx) = mpsc::channel::<Parsed>(2);
-        let filename = upload.filename.clone();
-        let skip = cp.rows;
-        let stop = ctx.stopped();
-        let parser = tokio::task::spawn_blocking(move || {
-            parse_file(SyncIoBridge::new(reader), filename, schema, skip, tx, stop)
-        });
-
         let mut header: Vec<String> = Vec::new();
         let mut column_notes: Vec<String> = Vec::new();
         let mut format = InputFormat::Csv;
         let mut outcome_errors = Map::new();
-        while let Some(msg) = rx.recv().await {
-            match msg {
-                Parsed::Opened(f) => format = f,
-                Parsed::Columns(problems) => {
-                    outcome_errors.insert("file[columns]".into(), json!(problems));
-                }
-                Parsed::ColumnNotes(problems) => column_notes = problems,
-                Parsed::Unreadable(problem) => {
-                    outcome_errors.insert("file".into(), json!([problem]));
-                }
-                Parsed::Batch {
-                    rows,
-                    rejects,
-                    rows_read,
-                    columns,
-                    names,
-                    bytes_read,
-                } => {
-                    ctx.checkpoint()?;
-                    header = names;
-                    let (columns, rows, rejects) = match (&list, identity) {
-                        (Some(list), _) => list.members(ctx, &columns, rows, rejects).await?,
-                        (None, Some(column)) => {
-                            let (rows, rejects) =
-                                match_profiles(ctx, column, &columns, rows, rejects).await?;
-                            (columns, rows, rejects)
-                        }
-                        (None, None) => (columns, rows, rejects),
-                    };
-                    let next = Checkpoint {
-                        rows: rows_read,
-                        run_tag: cp.run_tag,
-                    };
-                    ctx.store
-                        .import_batch(ImportBatch {
-                            tenant_id: ctx.task.tenant_id,
-                            task_id: ctx.task.id,
-                            fence: ctx.fence,
-                            index,
-                            columns,
-                            rows,
-                            rejects,
+        let mut refused = false;
+        loop {
+            let validating = atomic && !cp.validated;
+            let pass_dry_run = dry_run || validating;
+
+            let bytes = ctx
+                .files
+                .read(&upload.object_key, None)
+                .await
+                .map_err(|e| TaskError::Retryable(e.to_string()))?;
+            let reader = StreamReader::new(bytes.map(|r| r.map_err(std::io::Error::other)));
+            let (tx, mut rx) = mpsc::channel::<Parsed>(2);
+            let filename = upload.filename.clone();
+            let skip = cp.rows;
+            let stop = ctx.stopped();
+            let pass_schema = schema.clone();
+            let parser = tokio::task::spawn_blocking(move || {
+                parse_file(
+                    SyncIoBridge::new(reader),
+                    filename,
+                    pass_schema,
+                    skip,
+                    validating,
+                    tx,
+                    stop,
+                )
+            });
+
+            while let Some(msg) = rx.recv().await {
+                match msg {
+                    Parsed::Opened(f) => format = f,
+                    Parsed::Columns(problems) => {
+                        outcome_errors.insert("file[columns]".into(), json!(problems));
+                    }
+                    Parsed::ColumnNotes(problems) => column_notes = problems,
+                    Parsed::Unreadable(problem) => {
+                        outcome_errors.insert("file".into(), json!([problem]));
+                    }
+                    Parsed::Batch {
+                        rows,
+                        rejects,
+                        rows_read,
+                        columns,
+                        names,
+                        bytes_read,
+                    } => {
+                        ctx.checkpoint()?;
+                        header = names;
+                        let (columns, rows, rejects) = match (&list, identity) {
+                            (Some(list), _) => list.members(ctx, &columns, rows, rejects).await?,
+                            (None, Some(column)) => {
+                                let (rows, rejects) =
+                                    match_profiles(ctx, column, &columns, rows, rejects).await?;
+                                (columns, rows, rejects)
+                            }
+                            (None, None) => (columns, rows, rejects),
+                        };
+                        let next = Checkpoint {
+                            rows: rows_read,
                             run_tag: cp.run_tag,
-                            dry_run,
-                            checkpoint: serde_json::to_value(next).expect("a plain struct"),
-                            progress_done: rows_read as i64,
-                        })
-                        .await?;
-                    cp = next;
-                    // Estimate the total from the share of bytes read so far.
-                    let total = (bytes_read > 0).then(|| {
-                        (rows_read as f64 * upload.size as f64 / bytes_read as f64) as i64
-                    });
-                    ctx.progress(rows_read as i64, total).await?;
+                            validated: cp.validated,
+                        };
+                        ctx.store
+                            .import_batch(ImportBatch {
+                                tenant_id: ctx.task.tenant_id,
+                                task_id: ctx.task.id,
+                                fence: ctx.fence,
+                                index,
+                                columns,
+                                rows,
+                                rejects,
+                                run_tag: cp.run_tag,
+                                dry_run: pass_dry_run,
+                                checkpoint: serde_json::to_value(next).expect("a plain struct"),
+                                progress_done: rows_read as i64,
+                            })
+                            .await?;
+                        cp = next;
+                        // Estimate the total from the share of bytes read so far.
+                        let total = (bytes_read > 0).then(|| {
+                            (rows_read as f64 * upload.size as f64 / bytes_read as f64) as i64
+                        });
+                        ctx.progress(rows_read as i64, total).await?;
+                    }
                 }
             }
+            match parser.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(TaskError::Retryable(format!("reading the upload: {e}"))),
+                Err(e) => return Err(TaskError::Retryable(format!("the parser stopped: {e}"))),
+            }
+            ctx.checkpoint()?;
+            if !validating || !outcome_errors.is_empty() {
+                break;
+            }
+            if !column_notes.is_empty() || !ctx.store.reject_summary(ctx.task.id).await?.is_empty()
+            {
+                refused = true;
+                ctx.log("the file has problems: nothing was written (atomic)")
+                    .await?;
+                break;
+            }
+            ctx.log("the whole file is valid; writing it").await?;
+            ctx.store.clear_rejects(ctx.task.id, ctx.fence).await?;
+            cp = Checkpoint {
+                rows: 0,
+                run_tag: cp.run_tag,
+                validated: true,
+            };
         }
-        match parser.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(TaskError::Retryable(format!("reading the upload: {e}"))),
-            Err(e) => return Err(TaskError::Retryable(format!("the parser stopped: {e}"))),
-        }
-        ctx.checkpoint()?;
         if !outcome_errors.is_empty() {
             // The file could not be read as a whole: nothing was written.
             return Ok(Outcome {
@@ -294,24 +350,24 @@ impl Handler for Import {
         }
         let total = cp.rows as i64;
         let rejected: i64 = groups.iter().map(|g| g.count).sum();
-        let applied = total - rejected;
+        let applied = if refused { 0 } else { total - rejected };
         ctx.progress(total, Some(total)).await?;
         Ok(Outcome {
             had_errors: !groups.is_empty() || !column_notes.is_empty(),
             errors: outcome_errors,
             output: Some(match &list {
                 Some(l) => {
-                    json!({ "rows": total, "applied": applied, "rejected": rejected, "dry_run": dry_run, "list_id": l.list_id })
+                    json!({ "rows": total, "applied": applied, "rejected": rejected, "dry_run": dry_run, "atomic": atomic, "list_id": l.list_id })
                 }
                 None => {
-                    json!({ "rows": total, "applied": applied, "rejected": rejected, "dry_run": dry_run, "index": index.name })
+                    json!({ "rows": total, "applied": applied, "rejected": rejected, "dry_run": dry_run, "atomic": atomic, "index": index.name })
                 }
             }),
             result,
             counts: Some(Counts {
                 total,
                 errors: rejected,
-                skips: 0,
+                skips: if refused { total - rejected } else { 0 },
                 success: applied,
             }),
         })
@@ -429,6 +485,7 @@ fn parse_file<R: std::io::Read>(
     filename: Option<String>,
     schema: Schema,
     skip: u64,
+    whole_file_keys: bool,
     tx: mpsc::Sender<Parsed>,
     stop: tokio_util::sync::CancellationToken,
 ) -> std::io::Result<()> {
@@ -470,6 +527,9 @@ fn parse_file<R: std::io::Read>(
         .filter_map(|k| columns.iter().position(|&c| c == k))
         .collect();
     let mut rows_read = reader.skip_rows(skip).map_err(std::io::Error::other)?;
+    // `atomic` checks: duplicates across the whole file, by a 64-bit hash
+    // of the key (8 bytes a row while checking).
+    let mut seen: HashSet<u64> = HashSet::new();
     loop {
         if stop.is_cancelled() {
             return Ok(());
@@ -495,7 +555,15 @@ fn parse_file<R: std::io::Read>(
                         })
                         .collect::<Vec<_>>()
                         .join("\u{1f}");
-                    if keys.insert(key) {
+                    let fresh = if whole_file_keys {
+                        use std::hash::{BuildHasher, Hash, Hasher};
+                        let mut h = KEY_HASH.build_hasher();
+                        key.hash(&mut h);
+                        seen.insert(h.finish())
+                    } else {
+                        keys.insert(key)
+                    };
+                    if fresh {
                         rows.push(ImportRow {
                             row: parsed.row,
                             values,

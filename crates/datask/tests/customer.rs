@@ -14,6 +14,7 @@ on_both_stores!(
     profiles_identified_by_email,
     bad_files_end_precisely,
     multipart_task_with_its_file,
+    atomic_imports_write_all_or_nothing,
 );
 
 async fn settings(s: &TestServer, t: &Tenant, body: Value) {
@@ -880,5 +881,43 @@ async fn multipart_task_with_its_file(b: Backend) {
         let text = resp.text().await.unwrap();
         assert!(text.contains(needle), "{text}");
     }
+    s.stop().await;
+}
+
+/// `target.atomic`: a file with any problem (a duplicate far apart counts
+/// too) writes nothing and says so; a clean file is written whole.
+async fn atomic_imports_write_all_or_nothing(b: Backend) {
+    let s = start(b).await;
+    let t = s.tenant("atomic").await;
+    // 12,000 rows: more than two batches; row 11,002 repeats row 2's key.
+    let mut csv = String::from("user_id,email\n");
+    for i in 0..12_000 {
+        csv.push_str(&format!("u{i},p{i}@x.io\n"));
+    }
+    csv.push_str("u0,again@x.io\n");
+    let done = profile_import(&s, &t, &csv, json!({ "atomic": true })).await;
+    assert_eq!(done["state"]["code"], "ERROR", "{done}");
+    assert_eq!(
+        done["errors"],
+        json!({ "file[rows]": ["Rows are duplicates (Row 12002)"] })
+    );
+    assert_eq!(done["output"]["applied"], 0);
+    assert!(profiles(&s, &t).await.is_empty(), "nothing was written");
+    let failed = String::from_utf8(s.download(&t.key, done["id"].as_i64().unwrap()).await).unwrap();
+    assert!(
+        failed
+            .lines()
+            .nth(1)
+            .unwrap()
+            .starts_with("12002,duplicate,"),
+        "{failed}"
+    );
+
+    // Without the repeat the file is written whole.
+    let clean: String = csv.lines().take(12_001).map(|l| format!("{l}\n")).collect();
+    let done = profile_import(&s, &t, &clean, json!({ "atomic": true })).await;
+    assert_eq!(done["state"]["code"], "DONE", "{done}");
+    assert_eq!(done["output"]["applied"], 12_000);
+    assert_eq!(profiles(&s, &t).await.len(), 12_000);
     s.stop().await;
 }
