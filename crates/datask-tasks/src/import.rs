@@ -556,10 +556,8 @@ fn parse_file<R: std::io::Read>(
                         .collect::<Vec<_>>()
                         .join("\u{1f}");
                     let fresh = if whole_file_keys {
-                        use std::hash::{BuildHasher, Hash, Hasher};
-                        let mut h = KEY_HASH.build_hasher();
-                        key.hash(&mut h);
-                        seen.insert(h.finish())
+                        use std::hash::BuildHasher;
+                        seen.insert(KEY_HASH.hash_one(&key))
                     } else {
                         keys.insert(key)
                     };
