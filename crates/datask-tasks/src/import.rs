@@ -33,7 +33,7 @@ const KEY_HASH: std::hash::BuildHasherDefault<std::collections::hash_map::Defaul
     std::hash::BuildHasherDefault::new();
 
 /// Rows per committed batch: large enough to amortise the transaction.
-const BATCH_ROWS: usize = 5_000;
+const BATCH_ROWS: usize = 10_000;
 
 /// `import` (any index, `target.import_index`), `profile_import`
 /// (profiles by the tenant's attribute schema and identifier column, with
@@ -220,7 +220,7 @@ impl Handler for Import {
                 .await
                 .map_err(|e| TaskError::Retryable(e.to_string()))?;
             let reader = StreamReader::new(bytes.map(|r| r.map_err(std::io::Error::other)));
-            let (tx, mut rx) = mpsc::channel::<Parsed>(2);
+            let (tx, mut rx) = mpsc::channel::<Parsed>(1);
             let filename = upload.filename.clone();
             let skip = cp.rows;
             let stop = ctx.stopped();

@@ -889,7 +889,7 @@ async fn multipart_task_with_its_file(b: Backend) {
 async fn atomic_imports_write_all_or_nothing(b: Backend) {
     let s = start(b).await;
     let t = s.tenant("atomic").await;
-    // 12,000 rows: more than two batches; row 11,002 repeats row 2's key.
+    // 12,000 rows: two batches; the last row repeats row 2's key.
     let mut csv = String::from("user_id,email\n");
     for i in 0..12_000 {
         csv.push_str(&format!("u{i},p{i}@x.io\n"));
