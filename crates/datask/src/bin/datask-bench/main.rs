@@ -8,6 +8,7 @@
 //!   profiles, against the same SQL written by hand through `sqlite3` /
 //!   `psql` on the same database.
 //! * `burndown`: no-op tasks enqueued, then drained by the engine.
+//! * `http`: `GET /tasks/{id}` and `POST /tasks` under load on loopback.
 //! * `memory`: peak resident memory of an import and export of a small and
 //!   a large file, each in a fresh process.
 //!
@@ -20,6 +21,7 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod burndown;
+mod http;
 mod io;
 mod memory;
 mod server;
@@ -53,6 +55,9 @@ pub struct Opts {
     memory_small: u64,
     #[arg(long, default_value_t = 10_000_000, global = true)]
     memory_large: u64,
+    /// Seconds of load per route (http).
+    #[arg(long, default_value_t = 10.0, global = true)]
+    http_secs: f64,
     /// A PostgreSQL server to measure against (a database per run is created in it).
     #[arg(long, env = "DATASK_BENCH_PG_URL", global = true)]
     pg_url: Option<String>,
@@ -67,6 +72,7 @@ enum Measure {
     All,
     Io,
     Burndown,
+    Http,
     Memory,
     /// One memory run in this process (used by `memory`).
     #[command(hide = true)]
@@ -108,10 +114,12 @@ async fn main() -> anyhow::Result<()> {
         Measure::All => {
             md.push_str(&io::measure(o).await?);
             md.push_str(&burndown::measure(o).await?);
+            md.push_str(&http::measure(o).await?);
             md.push_str(&memory::measure(o).await?);
         }
         Measure::Io => md.push_str(&io::measure(o).await?),
         Measure::Burndown => md.push_str(&burndown::measure(o).await?),
+        Measure::Http => md.push_str(&http::measure(o).await?),
         Measure::Memory => md.push_str(&memory::measure(o).await?),
     }
     match &o.out {
