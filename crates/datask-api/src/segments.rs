@@ -91,6 +91,14 @@ fn not_found() -> ApiError {
     ApiError::NotFound("segment not found".into())
 }
 
+/// The store's NotFound is a missing segment here, not a missing task.
+fn missing_segment(e: datask_core::store::StoreError) -> ApiError {
+    match e {
+        datask_core::store::StoreError::NotFound => not_found(),
+        e => e.into(),
+    }
+}
+
 #[utoipa::path(get, path = "/segments", tag = "segments",
     responses((status = 200, body = Vec<SegmentView>), (status = 401, body = crate::openapi::ErrorBody)),
     security(("bearer" = [])))]
@@ -174,10 +182,7 @@ pub(crate) async fn update(
             Timestamp::now(),
         )
         .await
-        .map_err(|e| match e {
-            datask_core::store::StoreError::NotFound => not_found(),
-            e => e.into(),
-        })?;
+        .map_err(missing_segment)?;
     Ok(Json(saved.into()))
 }
 
@@ -198,9 +203,6 @@ pub(crate) async fn remove(
         .store
         .delete_segment(caller.tenant_id, id)
         .await
-        .map_err(|e| match e {
-            datask_core::store::StoreError::NotFound => not_found(),
-            e => e.into(),
-        })?;
+        .map_err(missing_segment)?;
     Ok(StatusCode::NO_CONTENT)
 }

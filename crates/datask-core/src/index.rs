@@ -29,13 +29,20 @@ pub struct Column {
     pub merge: bool,
 }
 
-const fn col(name: &'static str, ty: ColumnType) -> Column {
-    Column {
-        name,
-        ty,
-        required: false,
-        merge: false,
+impl Column {
+    /// An optional column of a plain type.
+    pub const fn new(name: &'static str, ty: ColumnType) -> Column {
+        Column {
+            name,
+            ty,
+            required: false,
+            merge: false,
+        }
     }
+}
+
+const fn col(name: &'static str, ty: ColumnType) -> Column {
+    Column::new(name, ty)
 }
 
 const fn key(name: &'static str) -> Column {

@@ -212,8 +212,8 @@ pub struct ImportReader<R: Read> {
     columns: Vec<usize>,
     /// Column problems that did not stop the import (profiles).
     problems: Vec<ColumnProblem>,
-    /// Profiles without a `user_id` column: it comes from the identifier.
-    derive_user_id: bool,
+    /// Profiles: where a row's values go once parsed (worked out once).
+    profile: Option<ProfilePlan>,
     source: Source<R>,
     /// The row number of the last record read.
     row: i64,
@@ -257,10 +257,24 @@ impl<R: Read> ImportReader<R> {
                 _ => None,
             })
             .collect();
-        let derive_user_id = schema.profiles && !columns.contains(&0);
-        if derive_user_id {
+        let n_columns = columns.len();
+        let identifier_at = columns.iter().position(|&c| c == schema.identifier);
+        let user_id_at = columns.iter().position(|&c| c == 0);
+        if schema.profiles && user_id_at.is_none() {
             columns.push(0);
         }
+        let profile = schema.profiles.then(|| ProfilePlan {
+            n_columns,
+            identifier_at,
+            user_id_at,
+            attributes: slots
+                .iter()
+                .filter_map(|s| match s {
+                    Slot::Attribute(a) => Some(schema.attributes[*a].0.clone()),
+                    _ => None,
+                })
+                .collect(),
+        });
         if slots.iter().any(|s| matches!(s, Slot::Attribute(_))) {
             let (at, _) = schema
                 .index
@@ -274,7 +288,7 @@ impl<R: Read> ImportReader<R> {
             slots,
             columns,
             problems,
-            derive_user_id,
+            profile,
             source,
             row,
         })
@@ -441,8 +455,8 @@ impl<R: Read> ImportReader<R> {
                 self.row += 1;
                 let (raw, mut outcome) =
                     parse_csv_record(&self.schema, &self.names, &self.slots, record, *width);
-                if let Ok(values) = &mut outcome {
-                    finish_profile(&self.schema, self.derive_user_id, &self.slots, values);
+                if let (Ok(values), Some(plan)) = (&mut outcome, &self.profile) {
+                    plan.finish(values);
                 }
                 Some(Ok(ParsedRow {
                     row: self.row,
@@ -468,8 +482,8 @@ impl<R: Read> ImportReader<R> {
                     Ok(text) => {
                         let mut outcome =
                             parse_json_line(&self.schema, &self.names, &self.slots, ranges, text);
-                        if let Ok(values) = &mut outcome {
-                            finish_profile(&self.schema, self.derive_user_id, &self.slots, values);
+                        if let (Ok(values), Some(plan)) = (&mut outcome, &self.profile) {
+                            plan.finish(values);
                         }
                         (text.to_string(), outcome)
                     }
@@ -661,61 +675,52 @@ fn parse_csv_record(
     (raw, outcome)
 }
 
-/// Profiles: the attribute values (at the end, in slot order) become one
-/// JSON object, and a missing `user_id` comes from the identifier.
-fn finish_profile(schema: &Schema, derive_user_id: bool, slots: &[Slot], values: &mut Vec<Value>) {
-    if !schema.profiles {
-        return;
-    }
-    let column_at = |c: usize| {
-        slots
-            .iter()
-            .filter_map(|s| match s {
-                Slot::Column(c) => Some(*c),
-                _ => None,
-            })
-            .position(|x| x == c)
-    };
-    let n_columns = slots
-        .iter()
-        .filter(|s| matches!(s, Slot::Column(_)))
-        .count();
-    let attrs = values.split_off(n_columns);
-    let identifier = column_at(schema.identifier).map(|p| values[p].clone());
-    if derive_user_id {
-        values.push(identifier.unwrap_or(Value::Null));
-    } else if let Some(p) = column_at(0)
-        && values[p] == Value::Null
-    {
-        values[p] = identifier.unwrap_or(Value::Null);
-    }
-    if attrs.is_empty() {
-        return;
-    }
-    let mut object = serde_json::Map::new();
-    let attribute_slots = slots.iter().filter_map(|s| match s {
-        Slot::Attribute(a) => Some(*a),
-        _ => None,
-    });
-    for (a, value) in attribute_slots.zip(attrs) {
-        let v = match value {
-            Value::Null => None,
-            Value::Text(s) => Some(serde_json::Value::from(s)),
-            Value::Number(f) => serde_json::Number::from_f64(f).map(Into::into),
-            Value::Integer(i) => Some(i.into()),
-            Value::Boolean(b) => Some(b.into()),
-            Value::Time(us) => Some(datask_core::settings::attribute_time(us).into()),
-            Value::Json(j) => serde_json::from_str(&j).ok(),
-        };
-        if let Some(v) = v {
-            object.insert(schema.attributes[a].0.clone(), v);
+/// How a parsed profile row is finished, worked out from the header.
+struct ProfilePlan {
+    /// Values of index columns, in file order; attribute values follow.
+    n_columns: usize,
+    /// Positions among those values.
+    identifier_at: Option<usize>,
+    user_id_at: Option<usize>,
+    /// Names of the attribute columns, in file order.
+    attributes: Vec<String>,
+}
+
+impl ProfilePlan {
+    /// The attribute values (at the end) become one JSON object, and a
+    /// missing `user_id` comes from the identifier.
+    fn finish(&self, values: &mut Vec<Value>) {
+        let attrs = values.split_off(self.n_columns);
+        let identifier = self.identifier_at.map(|p| values[p].clone());
+        match self.user_id_at {
+            None => values.push(identifier.unwrap_or(Value::Null)),
+            Some(p) if values[p] == Value::Null => values[p] = identifier.unwrap_or(Value::Null),
+            Some(_) => {}
         }
+        if self.attributes.is_empty() {
+            return;
+        }
+        let mut object = serde_json::Map::new();
+        for (name, value) in self.attributes.iter().zip(attrs) {
+            let v = match value {
+                Value::Null => None,
+                Value::Text(s) => Some(serde_json::Value::from(s)),
+                Value::Number(f) => serde_json::Number::from_f64(f).map(Into::into),
+                Value::Integer(i) => Some(i.into()),
+                Value::Boolean(b) => Some(b.into()),
+                Value::Time(us) => Some(datask_core::settings::attribute_time(us).into()),
+                Value::Json(j) => serde_json::from_str(&j).ok(),
+            };
+            if let Some(v) = v {
+                object.insert(name.clone(), v);
+            }
+        }
+        values.push(if object.is_empty() {
+            Value::Null
+        } else {
+            Value::Json(serde_json::Value::Object(object).to_string())
+        });
     }
-    values.push(if object.is_empty() {
-        Value::Null
-    } else {
-        Value::Json(serde_json::Value::Object(object).to_string())
-    });
 }
 
 /// The first line's keys, in order.

@@ -26,6 +26,17 @@ pub(crate) async fn delete_rows(
         "DELETE FROM {} WHERE tenant_id = $1 AND {where_sql}",
         index.table
     );
+    execute(pool, sql, tenant, bounds).await
+}
+
+/// Runs a statement whose `$1` is the tenant and whose other parameters
+/// are `bounds`; answers the rows it touched.
+async fn execute(
+    pool: &PgPool,
+    sql: String,
+    tenant: TenantId,
+    bounds: Vec<Bound>,
+) -> StoreResult<i64> {
     let q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(tenant);
     let done = bind_bounds(q, bounds)
         .execute(pool)
@@ -69,12 +80,7 @@ pub(crate) async fn clear_fields(
         index.table,
         sets.join(", ")
     );
-    let q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(tenant);
-    let done = bind_bounds(q, bounds)
-        .execute(pool)
-        .await
-        .map_err(backend)?;
-    Ok(done.rows_affected() as i64)
+    execute(pool, sql, tenant, bounds).await
 }
 
 pub(crate) async fn lookup_profiles(

@@ -1241,7 +1241,7 @@ async fn load(
     let mut b = batch(
         tenant,
         c,
-        c.fence + idx.columns.len() as i64 * 1000,
+        c.fence,
         (0..idx.columns.len()).collect(),
         rows,
         vec![],

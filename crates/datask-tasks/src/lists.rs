@@ -25,6 +25,31 @@ pub(crate) fn list_id(t: &Map<String, Value>) -> Result<&str, Invalid> {
     Ok(id)
 }
 
+/// The text a parsed row holds at `pos` (empty when it is not text).
+pub(crate) fn text_at(row: &ImportRow, pos: usize) -> String {
+    match &row.values[pos] {
+        Cell::Text(s) => s.clone(),
+        _ => String::new(),
+    }
+}
+
+/// The stored profiles whose `column` holds a value the rows hold at
+/// `pos`: value → user_id, in one lookup per batch.
+pub(crate) async fn profiles_by(
+    ctx: &TaskContext,
+    column: &'static str,
+    rows: &[ImportRow],
+    pos: usize,
+) -> Result<HashMap<String, String>, TaskError> {
+    let wanted = rows.iter().map(|r| text_at(r, pos)).collect();
+    Ok(ctx
+        .store
+        .lookup_profiles(ctx.task.tenant_id, column, wanted)
+        .await?
+        .into_iter()
+        .collect())
+}
+
 /// Where a `list_import` writes, and how it finds profiles.
 pub(crate) struct ListTarget {
     pub list_id: String,
@@ -57,21 +82,11 @@ impl ListTarget {
             .iter()
             .position(|&c| c == at)
             .ok_or_else(|| TaskError::Fatal("the file has no identifier column".into()))?;
-        let text = |row: &ImportRow| match &row.values[pos] {
-            Cell::Text(s) => s.clone(),
-            _ => String::new(),
-        };
-        let wanted: Vec<String> = rows.iter().map(text).collect();
-        let found: HashMap<String, String> = ctx
-            .store
-            .lookup_profiles(ctx.task.tenant_id, self.identifier, wanted)
-            .await?
-            .into_iter()
-            .collect();
+        let found = profiles_by(ctx, self.identifier, &rows, pos).await?;
         let now = Timestamp::now().as_microsecond();
         let mut members = Vec::with_capacity(rows.len());
         for row in rows {
-            let value = text(&row);
+            let value = text_at(&row, pos);
             match found.get(&value) {
                 Some(user_id) => members.push(ImportRow {
                     row: row.row,

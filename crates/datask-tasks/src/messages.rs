@@ -107,30 +107,21 @@ impl Handler for SendExport {
     }
 }
 
-const fn report_col(name: &'static str, ty: ColumnType) -> Column {
-    Column {
-        name,
-        ty,
-        required: false,
-        merge: false,
-    }
-}
-
 /// The shape of a campaign report row (not a table: computed per run).
 static CAMPAIGN_REPORT: IndexDef = IndexDef {
     name: "campaign-report",
     table: "",
     key_len: 1,
     columns: &[
-        report_col("campaign_id", ColumnType::Text),
-        report_col("name", ColumnType::Text),
-        report_col("channel", ColumnType::Text),
-        report_col("status", ColumnType::Text),
-        report_col("sent_at", ColumnType::Time),
-        report_col("sent", ColumnType::Integer),
-        report_col("delivered", ColumnType::Integer),
-        report_col("opened", ColumnType::Integer),
-        report_col("clicked", ColumnType::Integer),
+        Column::new("campaign_id", ColumnType::Text),
+        Column::new("name", ColumnType::Text),
+        Column::new("channel", ColumnType::Text),
+        Column::new("status", ColumnType::Text),
+        Column::new("sent_at", ColumnType::Time),
+        Column::new("sent", ColumnType::Integer),
+        Column::new("delivered", ColumnType::Integer),
+        Column::new("opened", ColumnType::Integer),
+        Column::new("clicked", ColumnType::Integer),
     ],
 };
 

@@ -688,10 +688,7 @@ async fn messages_and_personal_data(b: Backend) {
         .call("GET", "/tasks?identifier=cleanup_users", &t.key, None)
         .await;
     assert_eq!(status, 200);
-    let tasks = list["tasks"]
-        .as_array()
-        .or(list["data"].as_array())
-        .unwrap_or_else(|| panic!("{list}"));
+    let tasks = list["tasks"].as_array().unwrap_or_else(|| panic!("{list}"));
     assert_eq!(tasks.len(), 1, "{list}");
     assert_eq!(tasks[0]["trigger"]["repeat"], "daily");
     let id = tasks[0]["id"].as_i64().unwrap();

@@ -154,7 +154,17 @@ fn normalized(bytes: &[u8]) -> Vec<Vec<String>> {
         .collect()
 }
 
-async fn kill_mid_import_and_export(backend: Backend) {
+/// A server on a fresh store (a data directory, and a database on
+/// PostgreSQL) with one tenant.
+struct Started {
+    dir: tempfile::TempDir,
+    db: Option<String>,
+    http: reqwest::Client,
+    p: Proc,
+    tenant: Value,
+}
+
+async fn started(backend: Backend, name: &str) -> Started {
     let dir = tempfile::tempdir().unwrap();
     let db = match backend {
         Backend::Sqlite => None,
@@ -170,9 +180,26 @@ async fn kill_mid_import_and_export(backend: Backend) {
         "POST",
         "/admin/tenants",
         common::ROOT_KEY,
-        Some(json!({ "name": "kill" })),
+        Some(json!({ "name": name })),
     )
     .await;
+    Started {
+        dir,
+        db,
+        http,
+        p,
+        tenant,
+    }
+}
+
+async fn kill_mid_import_and_export(backend: Backend) {
+    let Started {
+        dir,
+        db,
+        http,
+        p,
+        tenant,
+    } = started(backend, "kill").await;
     let (tid, key) = (
         tenant["id"].as_i64().unwrap(),
         tenant["privileged_key"].as_str().unwrap().to_string(),
@@ -258,24 +285,13 @@ async fn kill_mid_import_and_export(backend: Backend) {
 /// lands once (no row reported as a duplicate of itself), with its
 /// attribute.
 async fn kill_mid_profile_import(backend: Backend) {
-    let dir = tempfile::tempdir().unwrap();
-    let db = match backend {
-        Backend::Sqlite => None,
-        Backend::Postgres => {
-            Some(datask_store_postgres::testing::fresh_database(&common::pg_url().unwrap()).await)
-        }
-    };
-    let http = reqwest::Client::new();
-    let p = spawn(dir.path(), db.as_deref());
-    let tenant = call(
-        &http,
-        &p.url,
-        "POST",
-        "/admin/tenants",
-        common::ROOT_KEY,
-        Some(json!({ "name": "kill-profiles" })),
-    )
-    .await;
+    let Started {
+        dir,
+        db,
+        http,
+        p,
+        tenant,
+    } = started(backend, "kill-profiles").await;
     let key = tenant["privileged_key"].as_str().unwrap().to_string();
     call(
         &http,

@@ -44,13 +44,15 @@ impl Handler for NoOp {
     }
 }
 
-/// Enqueue → start latencies of `n` tasks: one at a time (`rate` None,
-/// each enqueued when the previous started) or offered at `rate` per second.
-async fn latency(
+/// A fresh store with one tenant whose limit is the engine's slots.
+async fn fresh(
     database_url: Option<String>,
-    n: usize,
-    rate: Option<u64>,
-) -> anyhow::Result<Vec<Duration>> {
+) -> anyhow::Result<(
+    tempfile::TempDir,
+    Arc<dyn datask_core::Store>,
+    datask_engine::FileStore,
+    i64,
+)> {
     let dir = tempfile::tempdir()?;
     let store = app::open_store(&StoreOptions {
         data_dir: dir.path().to_path_buf(),
@@ -60,11 +62,37 @@ async fn latency(
     let files = app::open_files(dir.path())?;
     let tenant = store
         .create_tenant(NewTenant {
-            name: "latency".into(),
+            name: "bench".into(),
             timezone: "UTC".into(),
             concurrency: SLOTS as i64,
         })
         .await?;
+    Ok((dir, store, files, tenant.id))
+}
+
+/// A no-op task due at `now`.
+fn noop(tenant_id: i64, target: Map<String, Value>, now: jiff::Timestamp) -> NewTask {
+    NewTask {
+        tenant_id,
+        identifier: "noop".into(),
+        desc: String::new(),
+        trigger: Default::default(),
+        target,
+        max_attempts: 3,
+        priority: 10,
+        run_at: now,
+        idempotency_key: None,
+    }
+}
+
+/// Enqueue → start latencies of `n` tasks: one at a time (`rate` None,
+/// each enqueued when the previous started) or offered at `rate` per second.
+async fn latency(
+    database_url: Option<String>,
+    n: usize,
+    rate: Option<u64>,
+) -> anyhow::Result<Vec<Duration>> {
+    let (_dir, store, files, tenant) = fresh(database_url).await?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let mut registry = Registry::new();
     registry.register(NoOp(Some(tx)));
@@ -74,26 +102,13 @@ async fn latency(
     let stop = CancellationToken::new();
     let running = tokio::spawn(engine.run(stop.clone()));
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let tenant_id = tenant.id;
+    let tenant_id = tenant;
     let enqueue = move |store: Arc<dyn datask_core::Store>| async move {
         let now = jiff::Timestamp::now();
         let mut target = Map::new();
         target.insert("sent_us".into(), Value::from(now.as_microsecond()));
         store
-            .insert_task(
-                NewTask {
-                    tenant_id,
-                    identifier: "noop".into(),
-                    desc: String::new(),
-                    trigger: Default::default(),
-                    target,
-                    max_attempts: 3,
-                    priority: 0,
-                    run_at: now,
-                    idempotency_key: None,
-                },
-                now,
-            )
+            .insert_task(noop(tenant_id, target, now), now)
             .await
             .map(drop)
     };
@@ -142,38 +157,12 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 /// (enqueue time, drain time) of `n` tasks on a fresh store.
 async fn round(database_url: Option<String>, n: u64) -> anyhow::Result<(Duration, Duration)> {
-    let dir = tempfile::tempdir()?;
-    let store = app::open_store(&StoreOptions {
-        data_dir: dir.path().to_path_buf(),
-        database_url,
-    })
-    .await?;
-    let files = app::open_files(dir.path())?;
-    let tenant = store
-        .create_tenant(NewTenant {
-            name: "burndown".into(),
-            timezone: "UTC".into(),
-            concurrency: SLOTS as i64,
-        })
-        .await?;
+    let (_dir, store, files, tenant) = fresh(database_url).await?;
     let now = jiff::Timestamp::now();
     let t = Instant::now();
     for _ in 0..n {
         store
-            .insert_task(
-                NewTask {
-                    tenant_id: tenant.id,
-                    identifier: "noop".into(),
-                    desc: String::new(),
-                    trigger: Default::default(),
-                    target: Map::new(),
-                    max_attempts: 3,
-                    priority: 10,
-                    run_at: now,
-                    idempotency_key: None,
-                },
-                now,
-            )
+            .insert_task(noop(tenant, Map::new(), now), now)
             .await?;
     }
     let enqueue = t.elapsed();

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use datask_core::index::USERS;
-use datask_core::settings::{Attribute, AttributeType};
+use datask_core::settings::Attribute;
 use serde_json::{Value, json};
 
 use crate::server::{Bench, start};
@@ -123,20 +123,9 @@ async fn datask_round(b: &Bench, csv: &Path, rows: u64) -> anyhow::Result<(Durat
 
 /// The store's count of each filter: (median time, count).
 async fn datask_counts(b: &Bench) -> anyhow::Result<Vec<(Duration, i64)>> {
-    let attrs = vec![
-        Attribute {
-            name: "tier".into(),
-            ty: AttributeType::String,
-            enabled: true,
-            pii: false,
-        },
-        Attribute {
-            name: "points".into(),
-            ty: AttributeType::Number,
-            enabled: true,
-            pii: false,
-        },
-    ];
+    // The attributes the bench tenant was given.
+    let attrs: Vec<Attribute> =
+        serde_json::from_value(crate::server::profile_settings()["attributes"].clone())?;
     let mut out = Vec::new();
     for f in filters() {
         let filter = datask_core::segment::parse_with(
