@@ -163,6 +163,14 @@ pub struct Completion {
     pub now: Timestamp,
 }
 
+/// One run's end, as `complete_many` records it.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    pub id: TaskId,
+    pub fence: i64,
+    pub completion: Completion,
+}
+
 #[derive(Debug, Clone)]
 pub struct Upload {
     pub id: String,
@@ -369,7 +377,23 @@ pub trait Store: Send + Sync + 'static {
         total: Option<i64>,
     ) -> StoreResult<()>;
     async fn append_logs(&self, id: TaskId, fence: i64, logs: Vec<LogEntry>) -> StoreResult<()>;
-    async fn complete(&self, id: TaskId, fence: i64, completion: Completion) -> StoreResult<()>;
+    async fn complete(&self, id: TaskId, fence: i64, completion: Completion) -> StoreResult<()> {
+        let lost = self
+            .complete_many(vec![Finished {
+                id,
+                fence,
+                completion,
+            }])
+            .await?;
+        if lost.is_empty() {
+            Ok(())
+        } else {
+            Err(StoreError::LeaseLost(id))
+        }
+    }
+    /// Records many runs' ends in one transaction; answers the ids whose
+    /// fence no longer held (those are left untouched, the rest recorded).
+    async fn complete_many(&self, done: Vec<Finished>) -> StoreResult<Vec<TaskId>>;
     /// Back to READY for another attempt at `run_at`.
     async fn retry_later(
         &self,

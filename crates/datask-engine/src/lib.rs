@@ -4,6 +4,7 @@
 //!
 //! It knows nothing of HTTP or of the tenant's data: handlers bring that.
 
+mod completer;
 pub mod files;
 pub mod handler;
 pub mod metrics;

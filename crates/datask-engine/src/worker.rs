@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 
 use datask_core::schedule::{next_after, time_zone};
-use datask_core::store::{ClaimedTask, Completion};
+use datask_core::store::{ClaimedTask, Completion, Finished};
 use datask_core::task::Task;
 use datask_core::{LogEntry, Store, TaskState};
 use futures::FutureExt;
@@ -20,6 +20,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::completer::Completer;
 use crate::handler::{Outcome, Registry, TaskContext, TaskError};
 use crate::{EngineMetrics, FileStore};
 
@@ -107,6 +108,7 @@ impl Engine {
     /// releases the rest back to READY.
     pub async fn run(self, shutdown: CancellationToken) {
         let rescuer = tokio::spawn(self.clone().rescue_loop(shutdown.clone()));
+        let (completer, writer) = Completer::start(self.store.clone());
         let finished = Arc::new(Notify::new());
         let mut running = Running {
             set: JoinSet::new(),
@@ -118,7 +120,7 @@ impl Engine {
                     running.stops.retain(|(t, _, _)| *t != id);
                 }
             }
-            let tick = match self.tick(&mut running, &finished).await {
+            let tick = match self.tick(&mut running, &finished, &completer).await {
                 Ok(t) => t,
                 Err(e) => {
                     tracing::warn!(error = %e, "claim failed");
@@ -128,13 +130,17 @@ impl Engine {
             if let Tick::Started(_) = tick {
                 continue;
             }
-            let wait = match self.store.next_due().await {
-                Ok(Some(due)) => {
-                    let ms =
-                        (due.as_millisecond() - Timestamp::now().as_millisecond()).max(0) as u64;
-                    Duration::from_millis(ms).min(self.config.poll)
-                }
-                _ => self.config.poll,
+            // With every slot busy only a finished run (or the poll) matters.
+            let wait = match tick {
+                Tick::NoFreeSlot => self.config.poll,
+                _ => match self.store.next_due().await {
+                    Ok(Some(due)) => {
+                        let ms = (due.as_millisecond() - Timestamp::now().as_millisecond()).max(0)
+                            as u64;
+                        Duration::from_millis(ms).min(self.config.poll)
+                    }
+                    _ => self.config.poll,
+                },
             };
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -145,6 +151,8 @@ impl Engine {
         }
         rescuer.abort();
         self.drain(running).await;
+        drop(completer);
+        let _ = writer.await;
     }
 
     /// Claims and starts as many due tasks as there are free slots.
@@ -152,6 +160,7 @@ impl Engine {
         &self,
         running: &mut Running,
         finished: &Arc<Notify>,
+        completer: &Completer,
     ) -> Result<Tick, datask_core::StoreError> {
         let free = self.config.slots.saturating_sub(running.set.len());
         if free == 0 {
@@ -174,10 +183,11 @@ impl Engine {
                 .push((c.task.id, stop.clone(), release.clone()));
             let engine = self.clone();
             let finished = finished.clone();
+            let completer = completer.clone();
             running.set.spawn(async move {
                 let id = c.task.id;
                 engine.metrics.running.fetch_add(1, Ordering::Relaxed);
-                engine.run_one(c, stop, release).await;
+                engine.run_one(c, stop, release, &completer).await;
                 engine.metrics.running.fetch_sub(1, Ordering::Relaxed);
                 finished.notify_one();
                 id
@@ -233,6 +243,7 @@ impl Engine {
         claimed: ClaimedTask,
         stop: CancellationToken,
         release: Arc<AtomicBool>,
+        completer: &Completer,
     ) {
         let ClaimedTask { task, fence } = claimed;
         let id = task.id;
@@ -294,7 +305,7 @@ impl Engine {
             }
             Ok(outcome) => {
                 self.metrics.finished(outcome.state());
-                self.finish(&task, fence, outcome, now).await
+                self.finish(&task, fence, outcome, now, completer).await
             }
             Err(TaskError::Cancelled) => {
                 self.metrics.finished(TaskState::Cancelled);
@@ -305,7 +316,7 @@ impl Engine {
                     None,
                     now,
                 );
-                self.store.complete(id, fence, c).await
+                completer.complete(finished(id, fence, c)).await
             }
             Err(TaskError::Retryable(msg)) if task.attempts < task.max_attempts => {
                 let delay = self.config.backoff
@@ -333,7 +344,7 @@ impl Engine {
                     reschedule,
                     now,
                 );
-                self.store.complete(id, fence, c).await
+                completer.complete(finished(id, fence, c)).await
             }
         };
         if let Err(e) = recorded {
@@ -347,6 +358,7 @@ impl Engine {
         fence: i64,
         outcome: Outcome,
         now: Timestamp,
+        completer: &Completer,
     ) -> Result<(), datask_core::StoreError> {
         let state = outcome.state();
         let mut log = LogEntry::new(
@@ -367,7 +379,7 @@ impl Engine {
         let mut c = completion(state, outcome.errors, vec![log], reschedule, now);
         c.output = outcome.output;
         c.result = outcome.result;
-        self.store.complete(task.id, fence, c).await
+        completer.complete(finished(task.id, fence, c)).await
     }
 
     /// The next run of a repeating task, in its time zone (the trigger's,
@@ -392,6 +404,14 @@ impl Engine {
             .or(task.started_at)
             .unwrap_or(now);
         Some(next_after(anchor, repeat, &zone, now))
+    }
+}
+
+fn finished(id: i64, fence: i64, completion: Completion) -> Finished {
+    Finished {
+        id,
+        fence,
+        completion,
     }
 }
 

@@ -267,6 +267,94 @@ async fn concurrency_limit_holds_across_nodes() {
     assert_eq!(running, 5);
 }
 
+/// `tenant_running` against a count of the rows themselves, per tenant.
+async fn counters_match(s: &PgStore) {
+    let drift: Vec<(i64, i64, i64)> = sqlx::query_as(
+        "SELECT te.id, COALESCE(r.n, 0), (SELECT COUNT(*) FROM tasks t WHERE t.tenant_id = te.id AND t.state = 'INPROGRESS')
+         FROM tenants te LEFT JOIN tenant_running r ON r.tenant_id = te.id",
+    )
+    .fetch_all(s.pool())
+    .await
+    .unwrap();
+    for (tenant, counted, actual) in drift {
+        assert_eq!(
+            counted, actual,
+            "tenant {tenant}: counter {counted}, rows {actual}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn running_counters_follow_every_change_of_state() {
+    let Some(s) = store().await else { return };
+    let a = tenant(&s, 10).await;
+    let b = tenant(&s, 10).await;
+    for i in 0..12 {
+        insert(&s, new_task(if i % 3 == 0 { b } else { a }, at(0))).await;
+    }
+    let claimed = s.claim("w", 12, LEASE, at(1)).await.unwrap();
+    assert_eq!(claimed.len(), 12);
+    counters_match(&s).await;
+    // Completions in one batch across tenants, a stale fence among them.
+    let mut batch: Vec<Finished> = claimed[..5]
+        .iter()
+        .map(|c| Finished {
+            id: c.task.id,
+            fence: c.fence,
+            completion: Completion {
+                state: TaskState::Done,
+                errors: Default::default(),
+                output: None,
+                result: None,
+                logs: vec![],
+                reschedule: None,
+                now: at(2),
+            },
+        })
+        .collect();
+    batch[4].fence += 1;
+    assert_eq!(
+        s.complete_many(batch).await.unwrap(),
+        vec![claimed[4].task.id]
+    );
+    counters_match(&s).await;
+    s.retry_later(claimed[5].task.id, claimed[5].fence, at(3), vec![])
+        .await
+        .unwrap();
+    s.release(claimed[6].task.id, claimed[6].fence, vec![])
+        .await
+        .unwrap();
+    s.heartbeat(claimed[7].task.id, claimed[7].fence, at(60))
+        .await
+        .unwrap();
+    counters_match(&s).await;
+    assert!(!s.reclaim_expired(at(40)).await.unwrap().is_empty());
+    counters_match(&s).await;
+    // Writes from outside the store are counted too.
+    sqlx::query("UPDATE tasks SET state = 'INPROGRESS' WHERE state = 'READY' AND tenant_id = $1")
+        .bind(a)
+        .execute(s.pool())
+        .await
+        .unwrap();
+    counters_match(&s).await;
+    sqlx::query("DELETE FROM tasks WHERE tenant_id = $1")
+        .bind(b)
+        .execute(s.pool())
+        .await
+        .unwrap();
+    counters_match(&s).await;
+    sqlx::query(
+        "INSERT INTO tasks (tenant_id, identifier, \"desc\", state, trigger, target, max_attempts, priority,
+             created_at, modified_at, run_at)
+         VALUES ($1, 'export', 'd', 'INPROGRESS', '{}', '{}', 3, 10, now(), now(), now())",
+    )
+    .bind(b)
+    .execute(s.pool())
+    .await
+    .unwrap();
+    counters_match(&s).await;
+}
+
 #[tokio::test]
 async fn a_backlog_at_its_limit_does_not_hide_other_tenants() {
     let Some(s) = store().await else { return };

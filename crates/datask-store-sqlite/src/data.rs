@@ -75,7 +75,7 @@ pub(crate) fn import_batch(
     c: &mut Connection,
     batch: ImportBatch,
 ) -> Result<BatchOutcome, Failure> {
-    let tx = c.transaction()?;
+    let tx = c.savepoint()?;
     check_fence(&tx, batch.task_id, batch.fence)?;
     let mut out = BatchOutcome::default();
     let mut insert_reject = tx.prepare_cached(

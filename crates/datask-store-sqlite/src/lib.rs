@@ -1,13 +1,15 @@
 //! The embedded SQLite store: one file in WAL mode.
 //!
 //! SQLite allows one writer at a time, so every write goes through one
-//! connection behind a mutex (no `SQLITE_BUSY` storms), run on tokio's
-//! blocking pool; reads use a small pool of their own connections.
+//! connection (no `SQLITE_BUSY` storms), which commits the writes queued
+//! meanwhile together (`writer`); reads use a small pool of their own
+//! connections. Both run on tokio's blocking pool.
 //! In-process wake-ups replace PostgreSQL's LISTEN/NOTIFY.
 
 mod customer;
 mod data;
 mod tasks;
+mod writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -39,7 +41,7 @@ pub struct SqliteStore {
 
 struct Inner {
     path: PathBuf,
-    writer: Mutex<Connection>,
+    writer: writer::Writer,
     readers: Mutex<Vec<Connection>>,
     work: Notify,
 }
@@ -86,10 +88,11 @@ impl SqliteStore {
         .await
         .map_err(StoreError::backend)?
         .map_err(backend)?;
+        let writer = writer::Writer::start(writer).map_err(StoreError::backend)?;
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 path,
-                writer: Mutex::new(writer),
+                writer,
                 readers: Mutex::new(Vec::new()),
                 work: Notify::new(),
             }),
@@ -101,7 +104,7 @@ impl SqliteStore {
         self.write(|conn| {
             let applied: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
             for (i, (_name, sql)) in MIGRATIONS.iter().enumerate().skip(applied as usize) {
-                let tx = conn.unchecked_transaction()?;
+                let tx = conn.savepoint()?;
                 tx.execute_batch(sql)?;
                 tx.pragma_update(None, "user_version", i as i64 + 1)?;
                 tx.commit()?;
@@ -115,18 +118,17 @@ impl SqliteStore {
         &self.inner.path
     }
 
-    /// Runs `f` on the writer connection, off the async runtime.
+    /// Runs `f` on the writer connection, off the async runtime, inside a
+    /// transaction shared with other writes (`f` uses savepoints, never
+    /// `transaction()`); answers once that transaction committed.
     async fn write<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, Failure> + Send + 'static,
     ) -> StoreResult<T> {
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut conn = inner.writer.lock().unwrap_or_else(|p| p.into_inner());
-            f(&mut conn).map_err(StoreError::from)
-        })
-        .await
-        .map_err(StoreError::backend)?
+        self.inner
+            .writer
+            .write(move |conn| f(conn).map_err(StoreError::from))
+            .await
     }
 
     /// Runs `f` on a reader connection, off the async runtime.

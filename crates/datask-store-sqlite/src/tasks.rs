@@ -87,14 +87,22 @@ fn logs_json(logs: &[LogEntry]) -> Result<String, Failure> {
 }
 
 /// `SET` clause appending the JSON array bound as parameter `$n` to the logs.
+///
+/// By splicing text: `logs` is only ever written as compact JSON (by
+/// `serde_json::to_string` or by this clause), so it is `[]` or `[…]` with
+/// nothing after the bracket. Parsing and re-serialising the whole history
+/// (`json_each` + `json_group_array`) took a sort per write and was the
+/// largest single cost of a no-op task's claim and completion.
 macro_rules! append_logs {
     ($n:literal) => {
         concat!(
-            "logs = (SELECT json_group_array(json(value)) FROM (",
-            "SELECT 0 AS part, key, value FROM json_each(logs) UNION ALL ",
-            "SELECT 1, key, value FROM json_each(?",
+            "logs = CASE WHEN ?",
             $n,
-            ") ORDER BY part, key))"
+            " = '[]' THEN logs WHEN logs = '[]' THEN ?",
+            $n,
+            " ELSE substr(logs, 1, length(logs) - 1) || ',' || substr(?",
+            $n,
+            ", 2) END"
         )
     };
 }
@@ -291,7 +299,7 @@ impl Store for SqliteStore {
     async fn insert_task(&self, new: NewTask, now: Timestamp) -> StoreResult<InsertedTask> {
         let out = self
             .write(move |c| {
-                let tx = c.transaction()?;
+                let tx = c.savepoint()?;
                 if let Some(key) = &new.idempotency_key {
                     let existing: Option<TaskId> = tx
                         .prepare_cached("SELECT id FROM tasks WHERE tenant_id = ?1 AND idempotency_key = ?2")?
@@ -402,7 +410,7 @@ impl Store for SqliteStore {
         now: Timestamp,
     ) -> StoreResult<Task> {
         self.write(move |c| {
-            let tx = c.transaction()?;
+            let tx = c.savepoint()?;
             let task = must_exist(load_task(&tx, Some(tenant), id)?)?;
             if let Some(v) = update.expected_version
                 && v != task.version
@@ -435,7 +443,7 @@ impl Store for SqliteStore {
 
     async fn delete_task(&self, tenant: TenantId, id: TaskId) -> StoreResult<()> {
         self.write(move |c| {
-            let tx = c.transaction()?;
+            let tx = c.savepoint()?;
             let task = must_exist(load_task(&tx, Some(tenant), id)?)?;
             if task.state == TaskState::InProgress {
                 return Err(StoreError::Conflict(format!(
@@ -454,7 +462,7 @@ impl Store for SqliteStore {
     async fn execute_now(&self, tenant: TenantId, id: TaskId, now: Timestamp) -> StoreResult<Task> {
         let task = self
             .write(move |c| {
-                let tx = c.transaction()?;
+                let tx = c.savepoint()?;
                 let task = must_exist(load_task(&tx, Some(tenant), id)?)?;
                 if task.state == TaskState::InProgress {
                     return Err(StoreError::Conflict(format!("task {id} is already running")).into());
@@ -485,7 +493,7 @@ impl Store for SqliteStore {
         now: Timestamp,
     ) -> StoreResult<Task> {
         self.write(move |c| {
-            let tx = c.transaction()?;
+            let tx = c.savepoint()?;
             let task = must_exist(load_task(&tx, Some(tenant), id)?)?;
             match task.state {
                 TaskState::Ready => {
@@ -517,7 +525,7 @@ impl Store for SqliteStore {
     ) -> StoreResult<Vec<ClaimedTask>> {
         let worker = worker.to_string();
         self.write(move |c| {
-            let tx = c.transaction()?;
+            let tx = c.savepoint()?;
             let mut running: HashMap<TenantId, i64> = HashMap::new();
             {
                 let mut stmt = tx.prepare_cached("SELECT tenant_id, COUNT(*) FROM tasks WHERE state = 'INPROGRESS' GROUP BY tenant_id")?;
@@ -555,19 +563,28 @@ impl Store for SqliteStore {
                 }
             }
             let mut claimed = Vec::with_capacity(chosen.len());
+            if chosen.is_empty() {
+                return Ok(claimed);
+            }
             let lease_until = micros(now) + lease.as_micros() as i64;
             let log = logs_json(&[LogEntry::transition(TaskState::Ready, TaskState::InProgress, now)])?;
-            for id in chosen {
-                let fence: i64 = tx.prepare_cached("UPDATE fence_seq SET value = value + 1 WHERE id = 1 RETURNING value")?.query_row([], |r| r.get(0))?;
-                tx.prepare_cached(&format!(
-                    "UPDATE tasks SET state = 'INPROGRESS', attempts = attempts + 1, fence = ?2, lease_owner = ?3,
-                         lease_expires_at = ?4, started_at = ?5, cancel_requested = 0, version = version + 1,
-                         modified_at = ?5, {LOGS_AT_6} WHERE id = ?1"
-                ))?
-                .execute(params![id, fence, worker, lease_until, micros(now), log])?;
-                let task = must_exist(load_task(&tx, None, id)?)?;
+            // One step of the fence sequence for the whole claim; the tasks
+            // take the values below it in turn.
+            let last_fence: i64 = tx
+                .prepare_cached("UPDATE fence_seq SET value = value + ?1 WHERE id = 1 RETURNING value")?
+                .query_row([chosen.len() as i64], |r| r.get(0))?;
+            let mut take = tx.prepare_cached(&format!(
+                "UPDATE tasks SET state = 'INPROGRESS', attempts = attempts + 1, fence = ?2, lease_owner = ?3,
+                     lease_expires_at = ?4, started_at = ?5, cancel_requested = 0, version = version + 1,
+                     modified_at = ?5, {LOGS_AT_6} WHERE id = ?1 RETURNING {TASK_COLUMNS}"
+            ))?;
+            let first_fence = last_fence - chosen.len() as i64 + 1;
+            for (fence, id) in (first_fence..).zip(chosen) {
+                let task = take
+                    .query_row(params![id, fence, worker, lease_until, micros(now), log], task_from_row)?;
                 claimed.push(ClaimedTask { task, fence });
             }
+            drop(take);
             tx.commit()?;
             Ok(claimed)
         })
@@ -620,47 +637,57 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn complete(&self, id: TaskId, fence: i64, done: Completion) -> StoreResult<()> {
-        let rescheduled = done.reschedule.is_some();
-        self.write(move |c| {
-            let tx = c.transaction()?;
-            check_fence(&tx, id, fence)?;
-            let mut logs = vec![LogEntry::transition(TaskState::InProgress, done.state, done.now)];
-            logs.extend(done.logs);
-            let (state, run_at) = match done.reschedule {
-                Some(at) => {
-                    logs.push(LogEntry::transition(done.state, TaskState::Ready, done.now));
-                    (TaskState::Ready, Some(micros(at)))
+    async fn complete_many(&self, done: Vec<Finished>) -> StoreResult<Vec<TaskId>> {
+        let rescheduled = done.iter().any(|f| f.completion.reschedule.is_some());
+        let lost = self
+            .write(move |c| {
+                let tx = c.savepoint()?;
+                let mut lost = Vec::new();
+                {
+                    let mut update = tx.prepare_cached(&format!(
+                        "UPDATE tasks SET state = ?2, errors = ?3, output = ?4, result = ?5, finished_at = ?6, modified_at = ?6,
+                             version = version + 1, lease_owner = NULL, lease_expires_at = NULL, checkpoint = NULL,
+                             run_at = COALESCE(?7, run_at),
+                             trigger = CASE WHEN ?7 IS NULL THEN trigger ELSE json_set(trigger, '$.once', ?8) END,
+                             {LOGS_AT_9}
+                         WHERE id = ?1 AND fence = ?10 AND state = 'INPROGRESS'"
+                    ))?;
+                    for Finished { id, fence, completion: done } in done {
+                        let mut logs =
+                            vec![LogEntry::transition(TaskState::InProgress, done.state, done.now)];
+                        logs.extend(done.logs);
+                        let (state, run_at) = match done.reschedule {
+                            Some(at) => {
+                                logs.push(LogEntry::transition(done.state, TaskState::Ready, done.now));
+                                (TaskState::Ready, Some(micros(at)))
+                            }
+                            None => (done.state, None),
+                        };
+                        let n = update.execute(params![
+                            id,
+                            state.as_str(),
+                            serde_json::to_string(&done.errors)?,
+                            done.output.map(|o| o.to_string()),
+                            done.result,
+                            micros(done.now),
+                            run_at,
+                            done.reschedule.map(|t| t.to_string()),
+                            logs_json(&logs)?,
+                            fence,
+                        ])?;
+                        if n == 0 {
+                            lost.push(id);
+                        }
+                    }
                 }
-                None => (done.state, None),
-            };
-            tx.prepare_cached(&format!(
-                "UPDATE tasks SET state = ?2, errors = ?3, output = ?4, result = ?5, finished_at = ?6, modified_at = ?6,
-                     version = version + 1, lease_owner = NULL, lease_expires_at = NULL, checkpoint = NULL,
-                     run_at = COALESCE(?7, run_at),
-                     trigger = CASE WHEN ?7 IS NULL THEN trigger ELSE json_set(trigger, '$.once', ?8) END,
-                     {LOGS_AT_9}
-                 WHERE id = ?1"
-            ))?
-            .execute(params![
-                id,
-                state.as_str(),
-                serde_json::to_string(&done.errors)?,
-                done.output.map(|o| o.to_string()),
-                done.result,
-                micros(done.now),
-                run_at,
-                done.reschedule.map(|t| t.to_string()),
-                logs_json(&logs)?,
-            ])?;
-            tx.commit()?;
-            Ok(())
-        })
-        .await?;
+                tx.commit()?;
+                Ok(lost)
+            })
+            .await?;
         if rescheduled {
             self.wake_workers();
         }
-        Ok(())
+        Ok(lost)
     }
 
     async fn retry_later(
@@ -681,7 +708,7 @@ impl Store for SqliteStore {
     async fn reclaim_expired(&self, now: Timestamp) -> StoreResult<Vec<TaskId>> {
         let ids = self
             .write(move |c| {
-                let tx = c.transaction()?;
+                let tx = c.savepoint()?;
                 let expired: Vec<(TaskId, i64, i64, bool)> = tx
                     .prepare_cached(
                         "SELECT id, attempts, max_attempts, cancel_requested FROM tasks WHERE state = 'INPROGRESS' AND lease_expires_at < ?1",
@@ -788,7 +815,7 @@ impl Store for SqliteStore {
 
     async fn clear_rejects(&self, task: TaskId, fence: i64) -> StoreResult<()> {
         self.write(move |c| {
-            let tx = c.transaction()?;
+            let tx = c.savepoint()?;
             check_fence(&tx, task, fence)?;
             tx.execute("DELETE FROM task_rejects WHERE task_id = ?1", [task])?;
             tx.commit()?;
@@ -931,7 +958,7 @@ impl SqliteStore {
     ) -> StoreResult<()> {
         let now = Timestamp::now();
         self.write(move |c| {
-            let tx = c.transaction()?;
+            let tx = c.savepoint()?;
             check_fence(&tx, id, fence)?;
             logs.insert(0, LogEntry::transition(TaskState::InProgress, TaskState::Ready, now));
             tx.prepare_cached(&format!(

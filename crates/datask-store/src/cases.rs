@@ -1587,3 +1587,74 @@ pub async fn saved_segments(s: S) {
         Err(StoreError::NotFound)
     ));
 }
+
+/// Everything one claim can take at `now`.
+async fn claim_all(s: &S, now: Timestamp) -> Vec<ClaimedTask> {
+    s.claim("w", 100, Duration::from_secs(30), now)
+        .await
+        .unwrap()
+}
+
+pub async fn complete_many_and_running_counts(s: S) {
+    let a = tenant(&s, 3).await;
+    for _ in 0..8 {
+        insert(&s, new_task(a, at(0))).await;
+    }
+    let first = claim_all(&s, at(1)).await;
+    assert_eq!(first.len(), 3, "the tenant's limit");
+    assert!(claim_all(&s, at(1)).await.is_empty());
+
+    // One batch: two right fences, one stale. The stale one is reported
+    // and left alone; the others are recorded with their own logs.
+    let (x, y, z) = (&first[0], &first[1], &first[2]);
+    let mut failed = done(TaskState::Error, at(2));
+    failed.errors.insert("rows".into(), json!(["row 2: bad"]));
+    failed.logs = vec![LogEntry::new("completed with errors", at(2))];
+    let lost = s
+        .complete_many(vec![
+            Finished {
+                id: x.task.id,
+                fence: x.fence,
+                completion: done(TaskState::Done, at(2)),
+            },
+            Finished {
+                id: y.task.id,
+                fence: y.fence + 1_000,
+                completion: done(TaskState::Done, at(2)),
+            },
+            Finished {
+                id: z.task.id,
+                fence: z.fence,
+                completion: failed,
+            },
+        ])
+        .await
+        .unwrap();
+    assert_eq!(lost, vec![y.task.id]);
+    assert_eq!(get(&s, a, x.task.id).await.state, TaskState::Done);
+    assert_eq!(get(&s, a, y.task.id).await.state, TaskState::InProgress);
+    let zt = get(&s, a, z.task.id).await;
+    assert_eq!(zt.state, TaskState::Error);
+    assert_eq!(zt.errors["rows"], json!(["row 2: bad"]));
+    assert_eq!(
+        &msgs(&zt)[msgs(&zt).len() - 2..],
+        ["INPROGRESS -> ERROR", "completed with errors"]
+    );
+    assert!(s.complete_many(vec![]).await.unwrap().is_empty());
+
+    // Every way out of INPROGRESS frees a slot, and only one.
+    let next = claim_all(&s, at(3)).await;
+    assert_eq!(next.len(), 2, "two finished, two slots");
+    s.retry_later(next[0].task.id, next[0].fence, at(1000), vec![])
+        .await
+        .unwrap();
+    s.release(next[1].task.id, next[1].fence, vec![])
+        .await
+        .unwrap();
+    let again = claim_all(&s, at(4)).await;
+    assert_eq!(again.len(), 2, "retry and release freed one slot each");
+    // The lease of everything running expires: all three come back.
+    assert_eq!(s.reclaim_expired(at(100)).await.unwrap().len(), 3);
+    assert_eq!(claim_all(&s, at(101)).await.len(), 3);
+    assert!(claim_all(&s, at(101)).await.is_empty());
+}
