@@ -49,7 +49,7 @@ fn select_expr(ty: ColumnType, name: &str) -> String {
 
 /// The batch's upsert: names come from the compiled-in schema only; every
 /// value is bound, one array per column. The `WHERE` skips rows this run
-/// already wrote; they come back missing from `RETURNING` as duplicates.
+/// already wrote: the row count tells how many were, `unwritten_sql` which.
 fn upsert_sql(index: &IndexDef, columns: &[usize]) -> String {
     let cols: Vec<&str> = columns.iter().map(|&i| index.columns[i].name).collect();
     let unnest: Vec<String> = columns
@@ -84,8 +84,7 @@ fn upsert_sql(index: &IndexDef, columns: &[usize]) -> String {
         "INSERT INTO {table} AS tbl (tenant_id, {cols}, _import_run)
          SELECT $1, {exprs}, $2 FROM UNNEST({unnest}) AS u({aliases})
          ON CONFLICT (tenant_id, {key}) DO UPDATE SET {updates}
-         WHERE tbl._import_run IS DISTINCT FROM EXCLUDED._import_run
-         RETURNING {key}",
+         WHERE tbl._import_run IS DISTINCT FROM EXCLUDED._import_run",
         table = index.table,
         cols = cols.join(", "),
         exprs = exprs.join(", "),
@@ -93,6 +92,32 @@ fn upsert_sql(index: &IndexDef, columns: &[usize]) -> String {
         aliases = aliases.join(", "),
         key = index.key_sql(),
         updates = updates.join(", "),
+    )
+}
+
+/// The keys of a batch that its upsert did not write (duplicates of rows an
+/// earlier batch of the run wrote): every row this transaction wrote has it
+/// as `xmin`. Asked only when the row count falls short, so that the common
+/// batch reads nothing back.
+fn unwritten_sql(index: &IndexDef) -> String {
+    let key = index.key();
+    let params: Vec<String> = (0..key.len())
+        .map(|n| format!("${}::text[]", n + 2))
+        .collect();
+    let aliases: Vec<String> = (0..key.len()).map(|n| format!("k{n}")).collect();
+    let matches: Vec<String> = key
+        .iter()
+        .enumerate()
+        .map(|(n, c)| format!("t.{} = u.k{n}", c.name))
+        .collect();
+    format!(
+        "SELECT {aliases} FROM UNNEST({params}) AS u({aliases})
+         WHERE NOT EXISTS (SELECT 1 FROM {table} t WHERE t.tenant_id = $1 AND {matches}
+                           AND t.xmin = pg_current_xact_id()::xid)",
+        aliases = aliases.join(", "),
+        params = params.join(", "),
+        table = index.table,
+        matches = matches.join(" AND "),
     )
 }
 
@@ -237,40 +262,53 @@ pub(crate) async fn import_batch(pool: &PgPool, batch: ImportBatch) -> StoreResu
         for (pos, &c) in batch.columns.iter().enumerate() {
             q = bind_column(q, batch.index, c, &batch.rows, pos)?;
         }
-        let written: HashSet<String> = q
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(backend)?
-            .iter()
-            .map(|r| {
-                (0..key_at.len())
-                    .map(|k| r.try_get::<String, _>(k))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map(|parts| parts.join(KEY_SEPARATOR))
-            })
-            .collect::<Result<_, _>>()
-            .map_err(backend)?;
-        out.applied = written.len() as i64;
-        // Keys are distinct within a batch, so a key not written back is one
-        // this run wrote in an earlier batch.
-        for row in &batch.rows {
-            let key: Option<Vec<&str>> = key_at
+        let applied = q.execute(&mut *tx).await.map_err(backend)?.rows_affected();
+        out.applied = applied as i64;
+        if (applied as usize) < batch.rows.len() {
+            let keys: Vec<Vec<&str>> = batch
+                .rows
                 .iter()
-                .map(|&p| match &row.values[p] {
-                    Value::Text(k) => Some(k.as_str()),
-                    _ => None,
+                .map(|row| {
+                    key_at
+                        .iter()
+                        .map(|&p| match &row.values[p] {
+                            Value::Text(k) => k.as_str(),
+                            _ => "",
+                        })
+                        .collect()
                 })
                 .collect();
-            let written = key.is_some_and(|k| written.contains(&k.join(KEY_SEPARATOR)));
-            if !written {
-                out.duplicates += 1;
-                rejects.push(RowReject {
-                    row: row.row,
-                    code: "duplicate".into(),
-                    column: None,
-                    message: "duplicate key".into(),
-                    raw: row.raw.clone(),
-                });
+            let mut q =
+                sqlx::query(sqlx::AssertSqlSafe(unwritten_sql(batch.index))).bind(batch.tenant_id);
+            for k in 0..key_at.len() {
+                q = q.bind(keys.iter().map(|parts| parts[k]).collect::<Vec<_>>());
+            }
+            let unwritten: HashSet<String> = q
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(backend)?
+                .iter()
+                .map(|r| {
+                    (0..key_at.len())
+                        .map(|k| r.try_get::<String, _>(k))
+                        .collect::<Result<Vec<_>, _>>()
+                        .map(|parts| parts.join(KEY_SEPARATOR))
+                })
+                .collect::<Result<_, _>>()
+                .map_err(backend)?;
+            // Keys are distinct within a batch, so a key not written is one
+            // this run wrote in an earlier batch.
+            for (row, key) in batch.rows.iter().zip(&keys) {
+                if unwritten.contains(&key.join(KEY_SEPARATOR)) {
+                    out.duplicates += 1;
+                    rejects.push(RowReject {
+                        row: row.row,
+                        code: "duplicate".into(),
+                        column: None,
+                        message: "duplicate key".into(),
+                        raw: row.raw.clone(),
+                    });
+                }
             }
         }
     }
