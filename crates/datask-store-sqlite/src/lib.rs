@@ -147,6 +147,17 @@ impl SqliteStore {
         .map_err(StoreError::backend)?
     }
 
+    /// Runs a point lookup by key on a reader connection right here, on the
+    /// async worker: it reads a few cached pages, in less time than the
+    /// hand-off to the blocking pool and back (two thread wake-ups) took,
+    /// which was most of a `GET /tasks/{id}`. Scans stay on `read`.
+    fn lookup<T>(&self, f: impl FnOnce(&Connection) -> Result<T, Failure>) -> StoreResult<T> {
+        let conn = self.inner.take_reader()?;
+        let out = f(&conn);
+        self.inner.return_reader(conn);
+        out.map_err(StoreError::from)
+    }
+
     fn wake_workers(&self) {
         self.inner.work.notify_one();
     }

@@ -158,7 +158,7 @@ impl Store for SqliteStore {
     }
 
     async fn tenant(&self, id: TenantId) -> StoreResult<Option<Tenant>> {
-        self.read(move |c| {
+        self.lookup(move |c| {
             Ok(c.prepare_cached(
                 "SELECT id, name, timezone, concurrency, created_at FROM tenants WHERE id = ?1",
             )?
@@ -173,11 +173,10 @@ impl Store for SqliteStore {
             })
             .optional()?)
         })
-        .await
     }
 
     async fn profile_settings(&self, tenant: TenantId) -> StoreResult<ProfileSettings> {
-        self.read(move |c| {
+        self.lookup(move |c| {
             let text: Option<Option<String>> = c
                 .prepare_cached("SELECT settings FROM tenants WHERE id = ?1")?
                 .query_row([tenant], |r| r.get(0))
@@ -188,7 +187,6 @@ impl Store for SqliteStore {
                 Some(Some(t)) => Ok(serde_json::from_str(&t)?),
             }
         })
-        .await
     }
 
     async fn update_tenant(&self, tenant: Tenant, settings: ProfileSettings) -> StoreResult<()> {
@@ -215,7 +213,7 @@ impl Store for SqliteStore {
 
     async fn credential_by_hash(&self, secret_sha256: &str) -> StoreResult<Option<Credential>> {
         let hash = secret_sha256.to_string();
-        self.read(move |c| {
+        self.lookup(move |c| {
             Ok(c.prepare_cached(
                 "SELECT secret_sha256, tenant_id, kind FROM credentials WHERE secret_sha256 = ?1",
             )?
@@ -230,7 +228,6 @@ impl Store for SqliteStore {
             .optional()?
             .flatten())
         })
-        .await
     }
 
     async fn create_user(&self, name: &str, token_sha256: &str) -> StoreResult<User> {
@@ -248,7 +245,7 @@ impl Store for SqliteStore {
 
     async fn user_by_token(&self, token_sha256: &str) -> StoreResult<Option<User>> {
         let hash = token_sha256.to_string();
-        self.read(move |c| {
+        self.lookup(move |c| {
             Ok(
                 c.prepare_cached("SELECT id, name FROM users WHERE token_sha256 = ?1")?
                     .query_row([hash], |r| {
@@ -260,7 +257,6 @@ impl Store for SqliteStore {
                     .optional()?,
             )
         })
-        .await
     }
 
     async fn set_membership(&self, tenant: TenantId, user: i64, level: Level) -> StoreResult<()> {
@@ -284,7 +280,7 @@ impl Store for SqliteStore {
     }
 
     async fn membership(&self, tenant: TenantId, user: i64) -> StoreResult<Option<Level>> {
-        self.read(move |c| {
+        self.lookup(move |c| {
             let level: Option<String> = c
                 .prepare_cached(
                     "SELECT level FROM memberships WHERE tenant_id = ?1 AND user_id = ?2",
@@ -293,7 +289,6 @@ impl Store for SqliteStore {
                 .optional()?;
             Ok(level.as_deref().and_then(Level::parse))
         })
-        .await
     }
 
     async fn insert_task(&self, new: NewTask, now: Timestamp) -> StoreResult<InsertedTask> {
@@ -344,8 +339,7 @@ impl Store for SqliteStore {
     }
 
     async fn get_task(&self, tenant: TenantId, id: TaskId) -> StoreResult<Option<Task>> {
-        self.read(move |c| Ok(load_task(c, Some(tenant), id)?))
-            .await
+        self.lookup(move |c| Ok(load_task(c, Some(tenant), id)?))
     }
 
     async fn list_tasks(&self, tenant: TenantId, filter: &TaskFilter) -> StoreResult<Vec<Task>> {
@@ -790,7 +784,7 @@ impl Store for SqliteStore {
 
     async fn get_upload(&self, tenant: TenantId, id: &str) -> StoreResult<Option<Upload>> {
         let id = id.to_string();
-        self.read(move |c| {
+        self.lookup(move |c| {
             Ok(c.prepare_cached("SELECT id, tenant_id, size, sha256, object_key, filename, created_at FROM uploads WHERE id = ?1 AND tenant_id = ?2")?
                 .query_row(params![id, tenant], |r| {
                     Ok(Upload {
@@ -805,7 +799,6 @@ impl Store for SqliteStore {
                 })
                 .optional()?)
         })
-        .await
     }
 
     async fn import_batch(&self, batch: ImportBatch) -> StoreResult<BatchOutcome> {
@@ -906,8 +899,7 @@ impl Store for SqliteStore {
     }
 
     async fn get_segment(&self, tenant: TenantId, id: i64) -> StoreResult<Option<SavedSegment>> {
-        self.read(move |c| crate::customer::get_segment(c, tenant, id))
-            .await
+        self.lookup(move |c| crate::customer::get_segment(c, tenant, id))
     }
 
     async fn list_segments(&self, tenant: TenantId) -> StoreResult<Vec<SavedSegment>> {
