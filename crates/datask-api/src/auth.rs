@@ -1,11 +1,15 @@
 //! Credentials: only SHA-256 hashes are stored; the presented secret is
 //! hashed, looked up, and compared in constant time.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use base64::Engine as _;
 use datask_core::TenantId;
-use datask_core::store::{CredentialKind, Level};
+use datask_core::store::{Credential, CredentialKind, Level};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -117,6 +121,49 @@ fn named_chain(parts: &Parts) -> Result<TenantId, ApiError> {
         .ok_or_else(|| ApiError::invalid("X-Chain-Id", format!("'{raw}' is not a tenant id")))
 }
 
+/// Keys (app tokens and privileged keys) this process has seen lately, by
+/// hash. A key is looked up on every request, and on PostgreSQL that lookup
+/// was one of a `GET`'s two round trips. Keys cannot be revoked through the
+/// API; one deleted from the database by hand stops working here within
+/// `CREDENTIAL_TTL`. Admin users' tokens and memberships are not cached: a
+/// changed level applies at once.
+#[derive(Default)]
+pub struct CredentialCache {
+    seen: Mutex<HashMap<String, (Credential, Instant)>>,
+}
+
+const CREDENTIAL_TTL: Duration = Duration::from_secs(10);
+/// Past this many keys the cache starts over (it only ever saves lookups).
+const CREDENTIAL_CACHE_MAX: usize = 10_000;
+
+impl CredentialCache {
+    fn get(&self, hash: &str) -> Option<Credential> {
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.get(hash)
+            .filter(|(_, at)| at.elapsed() < CREDENTIAL_TTL)
+            .map(|(c, _)| c.clone())
+    }
+
+    fn put(&self, cred: &Credential) {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.len() >= CREDENTIAL_CACHE_MAX {
+            seen.clear();
+        }
+        seen.insert(cred.secret_sha256.clone(), (cred.clone(), Instant::now()));
+    }
+}
+
+async fn credential(state: &AppState, hash: &str) -> Result<Option<Credential>, ApiError> {
+    if let Some(cred) = state.credentials.get(hash) {
+        return Ok(Some(cred));
+    }
+    let found = state.store.credential_by_hash(hash).await?;
+    if let Some(cred) = &found {
+        state.credentials.put(cred);
+    }
+    Ok(found)
+}
+
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
@@ -126,7 +173,7 @@ impl FromRequestParts<AppState> for Caller {
     ) -> Result<Self, Self::Rejection> {
         let token = bearer(parts).ok_or(ApiError::Unauthorized)?;
         let hash = hash_secret(token);
-        if let Some(cred) = state.store.credential_by_hash(&hash).await? {
+        if let Some(cred) = credential(state, &hash).await? {
             if !bool::from(cred.secret_sha256.as_bytes().ct_eq(hash.as_bytes())) {
                 return Err(ApiError::Unauthorized);
             }
@@ -179,5 +226,37 @@ impl FromRequestParts<AppState> for Root {
         } else {
             Err(ApiError::Unauthorized)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(tenant: TenantId) -> Credential {
+        Credential {
+            tenant_id: tenant,
+            kind: CredentialKind::AppToken,
+            secret_sha256: hash_secret(&format!("key-{tenant}")),
+        }
+    }
+
+    #[test]
+    fn keys_are_remembered_for_a_while_only() {
+        let cache = CredentialCache::default();
+        let fresh = key(1);
+        cache.put(&fresh);
+        assert_eq!(cache.get(&fresh.secret_sha256), Some(fresh.clone()));
+        assert_eq!(cache.get(&key(2).secret_sha256), None);
+        let stale = key(3);
+        let long_ago = Instant::now()
+            .checked_sub(CREDENTIAL_TTL + Duration::from_secs(1))
+            .unwrap();
+        cache
+            .seen
+            .lock()
+            .unwrap()
+            .insert(stale.secret_sha256.clone(), (stale.clone(), long_ago));
+        assert_eq!(cache.get(&stale.secret_sha256), None, "past its time");
     }
 }

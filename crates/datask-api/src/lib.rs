@@ -24,7 +24,7 @@ use axum::routing::get;
 use datask_core::Store;
 use datask_engine::{FileStore, Registry};
 
-pub use auth::{hash_secret, new_secret, sha256_hex};
+pub use auth::{CredentialCache, hash_secret, new_secret, sha256_hex};
 pub use downloads::Signer;
 pub use error::ApiError;
 
@@ -62,6 +62,8 @@ pub struct AppState {
     pub config: Arc<ApiConfig>,
     /// The engine of this process, when it runs one (for `/metrics`).
     pub metrics: Option<Arc<datask_engine::EngineMetrics>>,
+    /// Keys seen lately (`auth::CredentialCache`).
+    pub credentials: Arc<CredentialCache>,
 }
 
 pub fn router(state: AppState) -> Router {

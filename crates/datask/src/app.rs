@@ -104,6 +104,7 @@ pub async fn run(server: Server, shutdown: CancellationToken) -> anyhow::Result<
             signer: Signer::new(&key),
             config: Arc::new(config),
             metrics: Some(metrics),
+            credentials: Default::default(),
         };
         let app = datask_api::router(state);
         let stop = shutdown.clone();
