@@ -152,6 +152,15 @@ async fn lock_task(
     Ok((state, version))
 }
 
+/// Refuses a change after `lock_task`: ends the transaction now. A dropped
+/// transaction is only rolled back when its connection is next used, and
+/// until then holds the task's row lock (a claim's SKIP LOCKED passes the
+/// task over; CI caught one doing so).
+async fn refuse<T>(tx: Transaction<'_, Postgres>, why: StoreError) -> StoreResult<T> {
+    tx.rollback().await.map_err(backend)?;
+    Err(why)
+}
+
 /// Checks and locks the fence for a write of several statements;
 /// `LeaseLost` unless INPROGRESS with it.
 pub(crate) async fn check_fence(
@@ -519,12 +528,11 @@ impl Store for PgStore {
         if let Some(v) = update.expected_version
             && v != version
         {
-            return Err(StoreError::VersionConflict { current: version });
+            return refuse(tx, StoreError::VersionConflict { current: version }).await;
         }
         if state == TaskState::InProgress {
-            return Err(StoreError::Conflict(format!(
-                "task {id} is running; cancel it or wait until it finishes"
-            )));
+            let why = format!("task {id} is running; cancel it or wait until it finishes");
+            return refuse(tx, StoreError::Conflict(why)).await;
         }
         // run_at may have moved earlier: a READY task may be due now.
         let sql = format!(
@@ -553,9 +561,8 @@ impl Store for PgStore {
         let mut tx = self.pool.begin().await.map_err(backend)?;
         let (state, _) = lock_task(&mut tx, tenant, id).await?;
         if state == TaskState::InProgress {
-            return Err(StoreError::Conflict(format!(
-                "task {id} is running; cancel it before deleting it"
-            )));
+            let why = format!("task {id} is running; cancel it before deleting it");
+            return refuse(tx, StoreError::Conflict(why)).await;
         }
         sqlx::query("DELETE FROM task_rejects WHERE task_id = $1")
             .bind(id)
@@ -574,9 +581,8 @@ impl Store for PgStore {
         let mut tx = self.pool.begin().await.map_err(backend)?;
         let (state, _) = lock_task(&mut tx, tenant, id).await?;
         if state == TaskState::InProgress {
-            return Err(StoreError::Conflict(format!(
-                "task {id} is already running"
-            )));
+            let why = format!("task {id} is already running");
+            return refuse(tx, StoreError::Conflict(why)).await;
         }
         let logs = if state != TaskState::Ready {
             vec![LogEntry::transition(state, TaskState::Ready, now)]
@@ -629,9 +635,8 @@ impl Store for PgStore {
             .bind(id)
             .bind(pg(now)),
             done => {
-                return Err(StoreError::Conflict(format!(
-                    "task {id} has already finished ({done})"
-                )));
+                let why = format!("task {id} has already finished ({done})");
+                return refuse(tx, StoreError::Conflict(why)).await;
             }
         };
         let row = q.fetch_one(&mut *tx).await.map_err(backend)?;
