@@ -1,8 +1,12 @@
 //! `burndown`: no-op tasks enqueued through the store, then drained by the
-//! engine (claim, run, complete, full history kept), per backend; and the
-//! latency from enqueue to the handler's start, one task at a time and at
-//! a steady offered rate.
+//! engine (claim, run, complete, full history kept), per backend; on
+//! PostgreSQL, graphile-worker draining as many no-op jobs on the same
+//! server in the same run (when `--graphile` names its installed harness);
+//! and the latency from enqueue to the handler's start, one task at a time
+//! and at a steady offered rate.
 
+use std::path::Path;
+use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -13,6 +17,7 @@ use datask_core::store::NewTenant;
 use datask_core::task::NewTask;
 use datask_engine::{Engine, Handler, Invalid, Outcome, Registry, TaskContext, TaskError};
 use serde_json::{Map, Value};
+use tokio::io::AsyncBufReadExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::{Opts, machine, median};
@@ -188,6 +193,74 @@ async fn round(database_url: Option<String>, n: u64) -> anyhow::Result<(Duration
     Ok((enqueue, drain))
 }
 
+/// graphile-worker's processes and slots per process, in its batched mode
+/// (`scripts/peers/graphile-worker/worker.mjs`).
+const GRAPHILE_PROCESSES: usize = 4;
+const GRAPHILE_CONCURRENCY: usize = 24;
+
+/// The drain time of `n` no-op jobs by graphile-worker on a fresh database
+/// of the server at `pg_url`: its workers start and wait, the jobs arrive in
+/// one statement, and the clock runs from its commit until the job table is
+/// empty (graphile-worker deletes the jobs it finishes).
+async fn graphile_round(harness: &Path, pg_url: &str, n: u64) -> anyhow::Result<Duration> {
+    let db = datask_store_postgres::testing::fresh_database(pg_url).await;
+    let worker = harness.join("worker.mjs");
+    let migrated = tokio::process::Command::new("node")
+        .arg(&worker)
+        .args([&db, "migrate"])
+        .status()
+        .await?;
+    anyhow::ensure!(migrated.success(), "graphile-worker's migration failed");
+    let mut workers = Vec::new();
+    for _ in 0..GRAPHILE_PROCESSES {
+        let mut child = tokio::process::Command::new("node")
+            .arg(&worker)
+            .args([&db, &GRAPHILE_CONCURRENCY.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()?;
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("piped")).lines();
+        while let Some(line) = lines.next_line().await? {
+            if line.trim() == "ready" {
+                break;
+            }
+        }
+        // Keep reading: a worker whose stdout is closed dies on its next log line.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        workers.push(child);
+    }
+    let pool = sqlx::PgPool::connect(&db).await?;
+    sqlx::query(
+        "SELECT count(*) FROM graphile_worker.add_jobs((
+             SELECT array_agg(ROW('noop', '{}'::json, NULL, NULL, NULL, NULL, NULL, NULL)::graphile_worker.job_spec)
+             FROM generate_series(1, $1)))",
+    )
+    .bind(n as i64)
+    .execute(&pool)
+    .await?;
+    let t = Instant::now();
+    loop {
+        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM graphile_worker._private_jobs")
+            .fetch_one(&pool)
+            .await?;
+        if left == 0 {
+            break;
+        }
+        anyhow::ensure!(
+            t.elapsed() < Duration::from_secs(600),
+            "graphile-worker left {left} jobs"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let drain = t.elapsed();
+    for mut w in workers {
+        let _ = w.kill().await;
+    }
+    pool.close().await;
+    Ok(drain)
+}
+
 pub async fn measure(o: &Opts) -> anyhow::Result<String> {
     let mut rows = String::new();
     let mut backends: Vec<(&str, Option<String>)> = vec![("SQLite", None)];
@@ -215,6 +288,24 @@ pub async fn measure(o: &Opts) -> anyhow::Result<String> {
             d.as_secs_f64(),
             o.tasks as f64 / d.as_secs_f64()
         ));
+        if let (Some(harness), Some(pg)) = (&o.graphile, &url) {
+            let mut peer = vec![];
+            for r in 0..o.runs {
+                let g = graphile_round(harness, pg, o.tasks).await?;
+                eprintln!("graphile-worker burn-down run {r}: drain {g:?}");
+                peer.push(g);
+            }
+            let g = median(peer);
+            rows.push_str(&format!(
+                "| PostgreSQL: graphile-worker {GRAPHILE_PROCESSES} processes × {GRAPHILE_CONCURRENCY}, \
+                 local queue, batched completion (finished jobs deleted) | {} | one statement | \
+                 {:.2} s ({:.0} jobs/s); datask / graphile-worker: {:.2}× the time |\n",
+                o.tasks,
+                g.as_secs_f64(),
+                o.tasks as f64 / g.as_secs_f64(),
+                d.as_secs_f64() / g.as_secs_f64()
+            ));
+        }
     }
     let mut lat = String::new();
     let samples = (o.tasks as usize / 50).clamp(50, 2000);
@@ -249,9 +340,16 @@ pub async fn measure(o: &Opts) -> anyhow::Result<String> {
         machine()
     ) + &format!(
         "### No-op burn-down\n\nTasks enqueued one `insert_task` at a time, then drained by one engine \
-         with {SLOTS} slots (claim, run, complete; the full history is kept). Median of {} runs, {}. \
+         with {SLOTS} slots (claim, run, complete; the full history is kept). {} Median of {} runs, {}. \
          Command: `datask-bench burndown --tasks {}`.\n\n\
          | store | tasks | enqueue | drain |\n|---|---|---|---|\n{rows}\n",
+        if o.graphile.is_some() && o.pg_url.is_some() {
+            "The reference on the same PostgreSQL server, same run: graphile-worker \
+             (`scripts/peers/graphile-worker`), its workers started first and the jobs added in one \
+             statement, timed from that statement's end until its job table is empty."
+        } else {
+            "No reference ran (it needs `--graphile` and a PostgreSQL server)."
+        },
         o.runs,
         machine(),
         o.tasks

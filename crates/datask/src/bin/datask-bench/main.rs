@@ -61,6 +61,10 @@ pub struct Opts {
     /// A PostgreSQL server to measure against (a database per run is created in it).
     #[arg(long, env = "DATASK_BENCH_PG_URL", global = true)]
     pg_url: Option<String>,
+    /// graphile-worker's harness, installed (`scripts/peers/graphile-worker`
+    /// after `npm install`): the PostgreSQL burn-down's reference.
+    #[arg(long, env = "DATASK_BENCH_GRAPHILE", global = true)]
+    graphile: Option<PathBuf>,
     /// Write the results as Markdown here (stdout otherwise).
     #[arg(long, global = true)]
     out: Option<PathBuf>,
