@@ -28,10 +28,6 @@ const TASK_COLUMNS: &str = "id, tenant_id, identifier, \"desc\", state, trigger,
      progress_done, progress_total, output, result, version, attempts, max_attempts, debug, priority, \
      cancel_requested, created_at, modified_at, started_at, finished_at, run_at, schedule_anchor, checkpoint";
 
-/// Key of the transaction-scoped advisory lock that serialises claims
-/// across nodes ("datask" on a phone keypad, any fixed number would do).
-const CLAIM_LOCK: i64 = 3_282_757;
-
 /// A `RETURNING` item that wakes the workers of every node when `cond` holds
 /// for the written row: `pg_notify` inside the writing statement is delivered
 /// when, and only if, it commits. PostgreSQL folds identical notifications of
@@ -655,88 +651,28 @@ impl Store for PgStore {
         if limit == 0 {
             return Ok(vec![]);
         }
-        let mut tx = self.pool.begin().await.map_err(backend)?;
-        // One claimer at a time across nodes, so that the INPROGRESS counts
-        // below are exact and per-tenant limits hold; the lock lasts one
-        // short statement and ends with the transaction.
-        //
-        // The candidates must come from walking `tasks_ready` in queue
-        // order, stopping after the window. Right after a burst of inserts
-        // the statistics still say few tasks are due, and the planner would
-        // rather collect every due task (bitmap or `tasks_ready_due`) and
-        // sort them: 30-60 ms a claim at 100k due. So no bitmap scans in this
-        // transaction, and `run_at` is wrapped below so that
-        // `tasks_ready_due` does not apply.
-        sqlx::query(
-            "SELECT pg_advisory_xact_lock($1), set_config('enable_bitmapscan', 'off', true)",
-        )
-        .bind(CLAIM_LOCK)
-        .execute(&mut *tx)
-        .await
-        .map_err(backend)?;
         let log = logs_json(&[LogEntry::transition(
             TaskState::Ready,
             TaskState::InProgress,
             now,
         )]);
-        // Candidates are read in queue order from the READY rows, skipping
-        // tenants already at their limit, so that a tenant with a long
-        // backlog cannot hide the others' tasks. Each tenant then gets at
-        // most its free slots, in queue order. Only the chosen rows are
-        // locked (the lock is a write to every row it takes): claims are
-        // serialised already, and SKIP LOCKED passes over a row that a
-        // client is changing right now, whose state and run_at are checked
-        // again once locked.
-        let sql = format!(
-            "WITH running AS (
-                 SELECT tenant_id, n FROM tenant_running WHERE n > 0
-             ), full_tenants AS (
-                 SELECT ru.tenant_id FROM running ru JOIN tenants te ON te.id = ru.tenant_id
-                 WHERE ru.n >= te.concurrency
-             ), candidates AS (
-                 SELECT id, tenant_id, priority, run_at FROM tasks
-                 WHERE state = 'READY' AND run_at + INTERVAL '0 s' <= $1
-                   AND tenant_id NOT IN (SELECT tenant_id FROM full_tenants)
-                 ORDER BY priority, run_at, id
-                 LIMIT $6
-             ), ranked AS (
-                 SELECT c.*, ROW_NUMBER() OVER (PARTITION BY c.tenant_id ORDER BY c.priority, c.run_at, c.id) AS rn
-                 FROM candidates c
-             ), chosen AS (
-                 SELECT r.id FROM ranked r
-                 JOIN tenants te ON te.id = r.tenant_id
-                 LEFT JOIN running ru ON ru.tenant_id = r.tenant_id
-                 WHERE r.rn + COALESCE(ru.n, 0) <= te.concurrency
-                 ORDER BY r.priority, r.run_at, r.id
-                 LIMIT $2
-             ), locked AS (
-                 SELECT id FROM tasks
-                 WHERE id IN (SELECT id FROM chosen) AND state = 'READY' AND run_at <= $1
-                 FOR UPDATE SKIP LOCKED
-             )
-             UPDATE tasks t SET state = 'INPROGRESS', attempts = attempts + 1, fence = nextval('task_fence_seq'),
-                 lease_owner = $3, lease_expires_at = $4, started_at = $1, cancel_requested = FALSE,
-                 version = version + 1, modified_at = $1, logs = logs || $5
-             FROM locked WHERE t.id = locked.id
-             RETURNING {cols}, t.fence",
-            cols = task_columns("t"),
-        );
         // How far past the head of the queue one claim looks: enough to
         // pass over a few tenants with fewer free slots than due tasks
         // (full tenants are skipped by the scan itself). Every row in it is
         // a heap visit, so not more.
         let window = (limit as i64).saturating_mul(4).saturating_add(64);
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        // The claim itself, its lock and why it is written as it is:
+        // migrations/0007_claim_function.sql.
+        let rows = sqlx::query("SELECT * FROM datask_claim($1, $2, $3, $4, $5, $6)")
             .bind(pg(now))
             .bind(limit as i64)
             .bind(worker)
             .bind(lease_until(now, lease))
             .bind(log)
             .bind(window)
-            .fetch_all(&mut *tx)
+            .fetch_all(&self.pool)
             .await
             .map_err(backend)?;
-        tx.commit().await.map_err(backend)?;
         let mut claimed = rows
             .iter()
             .map(|r| {
