@@ -67,8 +67,9 @@ impl Writer {
         self.queue
             .send(job)
             .map_err(|_| StoreError::Backend("the SQLite writer thread stopped".into()))?;
-        rx.await
-            .map_err(|_| StoreError::Backend("the SQLite writer thread stopped".into()))?
+        rx.await.map_err(|_| {
+            StoreError::Backend("the write was dropped: it panicked (see the log)".into())
+        })?
     }
 }
 
@@ -101,7 +102,7 @@ fn next(jobs: &mpsc::Receiver<Job>) -> Option<Job> {
 fn run_group(conn: &mut Connection, mut group: Vec<Job>) {
     if group.len() == 1 {
         // Alone, a write's own savepoint is its transaction.
-        let (_, reply) = (group.remove(0))(conn);
+        let (_, reply) = run_job(conn, group.remove(0));
         reply(None);
         return;
     }
@@ -111,13 +112,13 @@ fn run_group(conn: &mut Connection, mut group: Vec<Job>) {
         if !open {
             // No transaction to share (BEGIN failed, or SQLite rolled one
             // back): the job runs on its own, its savepoints its transaction.
-            let (_, reply) = job(conn);
+            let (_, reply) = run_job(conn, job);
             reply(None);
             open = begin(conn);
             continue;
         }
         let _ = conn.execute_batch("SAVEPOINT job");
-        let (ok, reply) = job(conn);
+        let (ok, reply) = run_job(conn, job);
         if conn.is_autocommit() {
             // Some errors (disk full, I/O) make SQLite roll back the whole
             // transaction: the writes before this one are gone too.
@@ -143,6 +144,19 @@ fn run_group(conn: &mut Connection, mut group: Vec<Job>) {
                 let _ = conn.execute_batch("ROLLBACK");
                 fail(&mut pending, &e.to_string());
             }
+        }
+    }
+}
+
+/// Runs one write. A write that panics is a failed write (rolled back like
+/// any other, its caller told it was dropped); the thread, and every write
+/// after it, carry on.
+fn run_job(conn: &mut Connection, job: Job) -> (bool, Reply) {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(conn))) {
+        Ok(done) => done,
+        Err(_) => {
+            tracing::error!("a write panicked; it is rolled back");
+            (false, Box::new(|_| {}))
         }
     }
 }
@@ -174,8 +188,9 @@ mod tests {
             .unwrap()
     }
 
-    /// Writes queued behind a busy one run together; the one that fails is
-    /// rolled back alone, the others commit and hear so.
+    /// Writes queued behind a busy one run together; the one that fails and
+    /// the one that panics are rolled back alone, the others commit and hear
+    /// so, and the writer goes on.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failed_write_leaves_its_group_intact() {
         let dir = tempfile::tempdir().unwrap();
@@ -218,6 +233,17 @@ mod tests {
             })
         };
         let (two, three, four) = (insert(2, false), insert(3, true), insert(4, false));
+        let panics = tokio::spawn({
+            let w = writer.clone();
+            async move {
+                w.write(|c| -> StoreResult<()> {
+                    c.execute("INSERT INTO t VALUES (5)", [])
+                        .map_err(StoreError::backend)?;
+                    panic!("a bug in a write")
+                })
+                .await
+            }
+        });
         tokio::time::sleep(Duration::from_millis(100)).await;
         go_tx.send(()).unwrap();
         busy.await.unwrap().unwrap();
@@ -227,6 +253,14 @@ mod tests {
             Err(StoreError::Conflict(m)) if m == "write 3 refused"
         ));
         four.await.unwrap().unwrap();
+        let dropped = panics.await.unwrap();
+        assert!(
+            matches!(dropped, Err(StoreError::Backend(_))),
+            "{dropped:?}"
+        );
         assert_eq!(count(&Connection::open(&path).unwrap()), vec![1, 2, 4]);
+        // The thread lives on.
+        insert(6, false).await.unwrap().unwrap();
+        assert_eq!(count(&Connection::open(&path).unwrap()), vec![1, 2, 4, 6]);
     }
 }
