@@ -69,8 +69,17 @@ pub async fn measure(o: &Opts) -> anyhow::Result<String> {
         backends.push(("PostgreSQL", Some(url.clone())));
     }
     for (name, url) in backends {
-        let small = peak_kb(o.memory_small, url.as_deref())?;
-        let large = peak_kb(o.memory_large, url.as_deref())?;
+        // A process's peak varies by ±15 % from run to run here (the
+        // allocator's timing of handing pages back): the median of the runs.
+        let peak = |rows: u64| -> anyhow::Result<u64> {
+            let mut kb = (0..o.runs.max(1))
+                .map(|_| peak_kb(rows, url.as_deref()))
+                .collect::<anyhow::Result<Vec<u64>>>()?;
+            kb.sort_unstable();
+            Ok(kb[kb.len() / 2])
+        };
+        let small = peak(o.memory_small)?;
+        let large = peak(o.memory_large)?;
         eprintln!(
             "{name} memory: {small} kB at {} rows, {large} kB at {} rows",
             o.memory_small, o.memory_large
@@ -85,8 +94,9 @@ pub async fn measure(o: &Opts) -> anyhow::Result<String> {
     Ok(format!(
         "### Peak memory\n\nPeak resident memory (VmHWM) of one process running the API, the engine \
          and the store while a profiles CSV is uploaded, imported with `profile_import` and exported \
-         as CSV; a fresh process per size, {}. Command: `datask-bench memory --memory-small {} --memory-large {}`.\n\n\
+         as CSV; a fresh process per run, median of {} runs per size, {}. Command: `datask-bench memory --memory-small {} --memory-large {}`.\n\n\
          | store | {} rows | {} rows | ratio |\n|---|---|---|---|\n{rows}\n",
+        o.runs.max(1),
         machine(),
         o.memory_small,
         o.memory_large,
