@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use datask::app::{self, StoreOptions};
+use datask::app;
 use datask_core::store::NewTenant;
 use datask_core::task::NewTask;
 use datask_engine::{Engine, Handler, Invalid, Outcome, Registry, TaskContext, TaskError};
@@ -58,13 +58,7 @@ async fn fresh(
     datask_engine::FileStore,
     i64,
 )> {
-    let dir = tempfile::tempdir()?;
-    let store = app::open_store(&StoreOptions {
-        data_dir: dir.path().to_path_buf(),
-        database_url,
-    })
-    .await?;
-    let files = app::open_files(dir.path())?;
+    let (dir, store, files) = crate::server::open_fresh(database_url).await?;
     let tenant = store
         .create_tenant(NewTenant {
             name: "bench".into(),
@@ -285,11 +279,7 @@ async fn settle(pg_url: &str) -> anyhow::Result<()> {
 
 pub async fn measure(o: &Opts) -> anyhow::Result<String> {
     let mut rows = String::new();
-    let mut backends: Vec<(&str, Option<String>)> = vec![("SQLite", None)];
-    if let Some(url) = &o.pg_url {
-        backends.push(("PostgreSQL", Some(url.clone())));
-    }
-    for (name, url) in backends {
+    for (name, url) in crate::backends(o) {
         let (mut enq, mut drain, mut peer) = (vec![], vec![], vec![]);
         // On PostgreSQL, datask and graphile-worker take turns, each on a
         // quiet server, so that both see the same conditions.
@@ -336,10 +326,7 @@ pub async fn measure(o: &Opts) -> anyhow::Result<String> {
     }
     let mut lat = String::new();
     let samples = (o.tasks as usize / 50).clamp(50, 2000);
-    let backends: Vec<(&str, Option<String>)> = std::iter::once(("SQLite", None))
-        .chain(o.pg_url.clone().map(|u| ("PostgreSQL", Some(u))))
-        .collect();
-    for (name, url) in backends {
+    for (name, url) in crate::backends(o) {
         for (label, rate) in [
             ("one at a time", None),
             ("2,000 tasks/s offered", Some(2000)),

@@ -136,10 +136,7 @@ fn wrk_duration(s: &str) -> anyhow::Result<Duration> {
 pub async fn measure(o: &Opts) -> anyhow::Result<String> {
     let wrk = wrk();
     let mut rows = String::new();
-    let backends: Vec<(&str, Option<String>)> = std::iter::once(("SQLite", None))
-        .chain(o.pg_url.clone().map(|u| ("PostgreSQL", Some(u))))
-        .collect();
-    for (name, url) in backends {
+    for (name, url) in crate::backends(o) {
         let db = match &url {
             None => None,
             Some(u) => Some(datask_store_postgres::testing::fresh_database(u).await),

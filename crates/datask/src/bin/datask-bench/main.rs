@@ -88,6 +88,14 @@ enum Measure {
     },
 }
 
+/// The stores every measure runs on: SQLite, and PostgreSQL when a server
+/// was given.
+pub fn backends(o: &Opts) -> Vec<(&'static str, Option<String>)> {
+    std::iter::once(("SQLite", None))
+        .chain(o.pg_url.clone().map(|u| ("PostgreSQL", Some(u))))
+        .collect()
+}
+
 pub fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]

@@ -64,11 +64,7 @@ fn peak_kb(rows: u64, pg: Option<&str>) -> anyhow::Result<u64> {
 
 pub async fn measure(o: &Opts) -> anyhow::Result<String> {
     let mut rows = String::new();
-    let mut backends: Vec<(&str, Option<String>)> = vec![("SQLite", None)];
-    if let Some(url) = &o.pg_url {
-        backends.push(("PostgreSQL", Some(url.clone())));
-    }
-    for (name, url) in backends {
+    for (name, url) in crate::backends(o) {
         // A process's peak varies by ±15 % from run to run here (the
         // allocator's timing of handing pages back): the median of the runs.
         let peak = |rows: u64| -> anyhow::Result<u64> {

@@ -30,7 +30,11 @@ pub fn profile_settings() -> Value {
     ] })
 }
 
-pub async fn start(database_url: Option<String>) -> anyhow::Result<Bench> {
+/// A migrated store and a file store in a fresh directory (kept as long as
+/// the `TempDir` lives).
+pub async fn open_fresh(
+    database_url: Option<String>,
+) -> anyhow::Result<(tempfile::TempDir, Arc<dyn Store>, datask_engine::FileStore)> {
     let dir = tempfile::tempdir()?;
     let store = app::open_store(&StoreOptions {
         data_dir: dir.path().to_path_buf(),
@@ -38,6 +42,11 @@ pub async fn start(database_url: Option<String>) -> anyhow::Result<Bench> {
     })
     .await?;
     let files = app::open_files(dir.path())?;
+    Ok((dir, store, files))
+}
+
+pub async fn start(database_url: Option<String>) -> anyhow::Result<Bench> {
+    let (dir, store, files) = open_fresh(database_url).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     let config = ApiConfig {
