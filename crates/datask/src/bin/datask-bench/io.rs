@@ -258,12 +258,8 @@ pub async fn measure(o: &Opts) -> anyhow::Result<String> {
 
     let mut io_rows = String::new();
     let mut seg_rows = String::new();
-    let mut backends: Vec<(&str, Option<String>)> = vec![("SQLite", None)];
-    if let Some(url) = &o.pg_url {
-        backends.push(("PostgreSQL", Some(url.clone())));
-    }
     let n = filters().len();
-    for (name, url) in backends {
+    for (name, url) in crate::backends(o) {
         let (mut di, mut de, mut ri, mut re) = (vec![], vec![], vec![], vec![]);
         let mut dc: Vec<Vec<Duration>> = vec![vec![]; n];
         let mut rc: Vec<Vec<Duration>> = vec![vec![]; n];
