@@ -35,6 +35,19 @@ impl PgTime {
     }
 }
 
+impl PgTime {
+    /// The value PostgreSQL's binary format carries: microseconds since
+    /// 2000-01-01, `±infinity` kept as they are.
+    pub(crate) fn wire(self) -> Result<i64, String> {
+        match self.0 {
+            i64::MAX | i64::MIN => Ok(self.0),
+            us => us
+                .checked_sub(PG_EPOCH_US)
+                .ok_or_else(|| format!("{us} µs is out of range for TIMESTAMPTZ")),
+        }
+    }
+}
+
 impl From<Timestamp> for PgTime {
     fn from(t: Timestamp) -> Self {
         PgTime(t.as_microsecond())
@@ -65,13 +78,7 @@ impl PgHasArrayType for PgTime {
 
 impl Encode<'_, Postgres> for PgTime {
     fn encode_by_ref(&self, buf: &mut PgArgumentBuffer) -> Result<IsNull, BoxDynError> {
-        let pg = match self.0 {
-            i64::MAX | i64::MIN => self.0,
-            us => us
-                .checked_sub(PG_EPOCH_US)
-                .ok_or_else(|| format!("{us} µs is out of range for TIMESTAMPTZ"))?,
-        };
-        Encode::<Postgres>::encode(pg, buf)
+        Encode::<Postgres>::encode(self.wire()?, buf)
     }
 
     fn size_hint(&self) -> usize {

@@ -754,6 +754,59 @@ async fn large_batches_upsert_and_find_duplicates() {
     assert_eq!(out.applied, 1);
 }
 
+/// New keys are written with `COPY`; a batch that meets a key already
+/// there, however late in the batch, is written whole by the upsert instead,
+/// and a value the server refuses fails the batch with nothing written.
+#[tokio::test]
+async fn a_refused_copy_falls_back_to_the_upsert() {
+    let Some(s) = store().await else { return };
+    let a = tenant(&s, 4).await;
+    insert(&s, new_task(a, at(0))).await;
+    let c = claim_one(&s, at(0)).await;
+    let out = s
+        .import_batch(users_batch(&c, a, c.fence, vec![user_row(2, "known", 1)]))
+        .await
+        .unwrap();
+    assert_eq!(out.applied, 1);
+    // 10,000 new keys (about 2 MB on the wire), then the known one, from a
+    // later run: the known key is updated, the new ones written once.
+    let mut rows: Vec<ImportRow> = (0..10_000)
+        .map(|n| user_row(n + 2, &format!("n{n:05}"), n))
+        .collect();
+    rows.push(user_row(10_002, "known", 2));
+    let out = s
+        .import_batch(users_batch(&c, a, c.fence + 1, rows))
+        .await
+        .unwrap();
+    assert_eq!(
+        out,
+        BatchOutcome {
+            applied: 10_001,
+            duplicates: 0
+        }
+    );
+    let (rows, _) = exported(&s, a, &index::USERS).await;
+    assert_eq!(rows.len(), 10_001);
+    assert_eq!(
+        rows[0],
+        user_row(0, "known", 2).values,
+        "key order: known < n…"
+    );
+    // A NUL byte is not text to PostgreSQL: neither way writes the batch.
+    let mut bad = user_row(3, "nul", 3);
+    bad.values[1] = Value::Text("a\0b".into());
+    let b = users_batch(&c, a, c.fence + 2, vec![user_row(2, "fine", 4), bad]);
+    assert!(matches!(
+        s.import_batch(b).await,
+        Err(StoreError::Backend(_))
+    ));
+    assert_eq!(s.count_rows(a, &index::USERS, None).await.unwrap(), 10_001);
+    // The connections are fit for use afterwards.
+    for _ in 0..8 {
+        assert_eq!(s.count_rows(a, &index::USERS, None).await.unwrap(), 10_001);
+    }
+}
+
 #[tokio::test]
 async fn a_value_of_the_wrong_type_fails_the_batch() {
     let Some(s) = store().await else { return };

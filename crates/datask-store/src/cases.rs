@@ -820,7 +820,9 @@ pub async fn import_upserts_and_duplicates(s: S) {
         (t.checkpoint.clone(), t.progress_done),
         (Some(json!({"rows": 2})), 2)
     );
-    // A later batch of the same run repeating p1 is a duplicate; p3 is new.
+    // A later batch of the same run repeating p1 is a duplicate; p3 is new
+    // and comes first (a store that writes new keys first and falls back
+    // when it meets a known one must not keep half of the batch).
     let out = s
         .import_batch(batch(
             a,
@@ -828,8 +830,8 @@ pub async fn import_upserts_and_duplicates(s: S) {
             tag,
             cols.clone(),
             vec![
-                product_row(4, "p1", Some("Boot"), Some(1.0)),
-                product_row(5, "p3", None, Some(3.5)),
+                product_row(4, "p3", None, Some(3.5)),
+                product_row(5, "p1", Some("Boot"), Some(1.0)),
             ],
             vec![],
             4,
@@ -851,7 +853,7 @@ pub async fn import_upserts_and_duplicates(s: S) {
             rejects[0].code.as_str(),
             rejects[0].raw.as_str()
         ),
-        (4, "duplicate", "p1,Boot,1")
+        (5, "duplicate", "p1,Boot,1")
     );
     let rows = exported(&s, a, &index::PRODUCTS).await;
     assert_eq!(rows.len(), 3);
