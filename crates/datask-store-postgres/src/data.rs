@@ -11,6 +11,7 @@ use datask_core::store::{
 };
 use datask_core::{TaskId, TenantId};
 use futures::StreamExt;
+use sqlx::postgres::PgPoolCopyExt;
 use sqlx::postgres::{PgArguments, PgRow};
 use sqlx::query::Query;
 use sqlx::{PgConnection, PgPool, Postgres, Row};
@@ -151,6 +152,29 @@ fn put_field(buf: &mut Vec<u8>, parts: &[&[u8]]) -> StoreResult<()> {
     Ok(())
 }
 
+/// `v` as a field of `column` in the binary `COPY` format (the `_recv` of
+/// each column type).
+fn put_value(buf: &mut Vec<u8>, index: &IndexDef, column: usize, v: &Value) -> StoreResult<()> {
+    match (index.columns[column].ty, v) {
+        (_, Value::Null) => buf.extend_from_slice(&(-1i32).to_be_bytes()),
+        (ColumnType::Text, Value::Text(s)) => put_field(buf, &[s.as_bytes()])?,
+        (ColumnType::Json, Value::Json(s)) => put_field(buf, &[&[JSONB_VERSION], s.as_bytes()])?,
+        (ColumnType::Integer, Value::Integer(n)) => put_field(buf, &[&n.to_be_bytes()])?,
+        (ColumnType::Number, Value::Number(f)) => put_field(buf, &[&f.to_be_bytes()])?,
+        // A whole number is a number too.
+        (ColumnType::Number, Value::Integer(n)) => put_field(buf, &[&(*n as f64).to_be_bytes()])?,
+        (ColumnType::Boolean, Value::Boolean(b)) => put_field(buf, &[&[u8::from(*b)]])?,
+        (ColumnType::Time, Value::Time(us)) => {
+            let wire = PgTime(*us)
+                .wire()
+                .map_err(|e| StoreError::Backend(e.into()))?;
+            put_field(buf, &[&wire.to_be_bytes()])?
+        }
+        _ => return Err(wrong_type(index, column, v)),
+    }
+    Ok(())
+}
+
 /// The batch's rows in the binary `COPY` format, the same values in the same
 /// columns as the upsert binds.
 fn copy_data(batch: &ImportBatch) -> StoreResult<Vec<u8>> {
@@ -163,32 +187,7 @@ fn copy_data(batch: &ImportBatch) -> StoreResult<Vec<u8>> {
         buf.extend_from_slice(&fields.to_be_bytes());
         put_field(&mut buf, &[&batch.tenant_id.to_be_bytes()])?;
         for (pos, &column) in batch.columns.iter().enumerate() {
-            let v = &row.values[pos];
-            match (index.columns[column].ty, v) {
-                (_, Value::Null) => buf.extend_from_slice(&(-1i32).to_be_bytes()),
-                (ColumnType::Text, Value::Text(s)) => put_field(&mut buf, &[s.as_bytes()])?,
-                (ColumnType::Json, Value::Json(s)) => {
-                    put_field(&mut buf, &[&[JSONB_VERSION], s.as_bytes()])?
-                }
-                (ColumnType::Integer, Value::Integer(n)) => {
-                    put_field(&mut buf, &[&n.to_be_bytes()])?
-                }
-                (ColumnType::Number, Value::Number(f)) => put_field(&mut buf, &[&f.to_be_bytes()])?,
-                // A whole number is a number too.
-                (ColumnType::Number, Value::Integer(n)) => {
-                    put_field(&mut buf, &[&(*n as f64).to_be_bytes()])?
-                }
-                (ColumnType::Boolean, Value::Boolean(b)) => {
-                    put_field(&mut buf, &[&[u8::from(*b)]])?
-                }
-                (ColumnType::Time, Value::Time(us)) => {
-                    let wire = PgTime(*us)
-                        .wire()
-                        .map_err(|e| StoreError::Backend(e.into()))?;
-                    put_field(&mut buf, &[&wire.to_be_bytes()])?
-                }
-                _ => return Err(wrong_type(index, column, v)),
-            }
+            put_value(&mut buf, index, column, &row.values[pos])?;
         }
         put_field(&mut buf, &[&batch.run_tag.to_be_bytes()])?;
     }
@@ -533,6 +532,216 @@ fn read_row(r: &PgRow, index: &IndexDef) -> Result<Vec<Value>, sqlx::Error> {
 /// Rows per chunk of an export.
 const EXPORT_BATCH: usize = 1000;
 
+/// Where an export's chunks go; `Ok(false)` once the reader has gone.
+type ChunkSender = tokio::sync::mpsc::Sender<StoreResult<Vec<Vec<Value>>>>;
+
+/// Collects rows into chunks of `EXPORT_BATCH` and hands each on.
+struct Chunker<'a> {
+    tx: &'a ChunkSender,
+    chunk: Vec<Vec<Value>>,
+}
+
+impl<'a> Chunker<'a> {
+    fn new(tx: &'a ChunkSender) -> Self {
+        Chunker {
+            tx,
+            chunk: Vec::with_capacity(EXPORT_BATCH),
+        }
+    }
+
+    /// False when the reader went away: stop reading.
+    async fn push(&mut self, row: Vec<Value>) -> bool {
+        self.chunk.push(row);
+        if self.chunk.len() < EXPORT_BATCH {
+            return true;
+        }
+        let full = std::mem::replace(&mut self.chunk, Vec::with_capacity(EXPORT_BATCH));
+        self.tx.send(Ok(full)).await.is_ok()
+    }
+
+    async fn finish(self) {
+        if !self.chunk.is_empty() {
+            let _ = self.tx.send(Ok(self.chunk)).await;
+        }
+    }
+}
+
+async fn query_out(
+    pool: &PgPool,
+    sql: String,
+    tenant: TenantId,
+    bounds: Vec<Bound>,
+    index: &'static IndexDef,
+    tx: &ChunkSender,
+) -> StoreResult<()> {
+    let query = bind_bounds(sqlx::query(sqlx::AssertSqlSafe(sql)).bind(tenant), bounds);
+    let mut rows = query.fetch(pool);
+    let mut out = Chunker::new(tx);
+    while let Some(row) = rows.next().await {
+        let row = row.and_then(|r| read_row(&r, index)).map_err(backend)?;
+        if !out.push(row).await {
+            return Ok(());
+        }
+    }
+    out.finish().await;
+    Ok(())
+}
+
+async fn copy_out(
+    pool: &PgPool,
+    sql: &str,
+    index: &'static IndexDef,
+    tx: &ChunkSender,
+) -> StoreResult<()> {
+    let mut data = pool.copy_out_raw(sql).await.map_err(backend)?;
+    let mut reader = BinaryRows::new(index);
+    let mut out = Chunker::new(tx);
+    while let Some(bytes) = data.next().await {
+        reader.extend(&bytes.map_err(backend)?);
+        while let Some(row) = reader.next_row()? {
+            if !out.push(row).await {
+                return Ok(());
+            }
+        }
+    }
+    reader.finish()?;
+    out.finish().await;
+    Ok(())
+}
+
+/// PostgreSQL's binary `COPY` output read back into rows of an index, the
+/// data arriving in pieces of any size.
+struct BinaryRows {
+    index: &'static IndexDef,
+    buf: Vec<u8>,
+    /// Where the unread data starts: rows are read in place and the buffer
+    /// is compacted only when more data comes.
+    pos: usize,
+    header_read: bool,
+    ended: bool,
+}
+
+fn copy_format(problem: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(format!("reading COPY data: {problem}").into())
+}
+
+impl BinaryRows {
+    fn new(index: &'static IndexDef) -> Self {
+        BinaryRows {
+            index,
+            buf: Vec::new(),
+            pos: 0,
+            header_read: false,
+            ended: false,
+        }
+    }
+
+    fn extend(&mut self, bytes: &[u8]) {
+        self.buf.drain(..self.pos);
+        self.pos = 0;
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The next whole row, or `None` until more data comes.
+    fn next_row(&mut self) -> StoreResult<Option<Vec<Value>>> {
+        if !self.header_read {
+            let Some(ext) = self.buf.get(15..19) else {
+                return Ok(None);
+            };
+            let ext = u32::from_be_bytes(ext.try_into().expect("4 bytes")) as usize;
+            if self.buf.len() < 19 + ext {
+                return Ok(None);
+            }
+            if self.buf[..11] != COPY_HEADER[..11] {
+                return Err(copy_format("not PostgreSQL's binary format"));
+            }
+            self.pos = 19 + ext;
+            self.header_read = true;
+        }
+        match self.parse_row()? {
+            Some((row, used)) => {
+                self.pos += used;
+                Ok(Some(row))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// A row from the unread data and the bytes it took.
+    fn parse_row(&mut self) -> StoreResult<Option<(Vec<Value>, usize)>> {
+        let b = &self.buf[self.pos..];
+        let Some(count) = b.get(..2) else {
+            return Ok(None);
+        };
+        let count = i16::from_be_bytes(count.try_into().expect("2 bytes"));
+        if count == -1 {
+            self.ended = true;
+            return Ok(None);
+        }
+        let columns = self.index.columns;
+        if count as usize != columns.len() {
+            return Err(copy_format(format!(
+                "{} fields for {} columns",
+                count,
+                columns.len()
+            )));
+        }
+        let mut at = 2;
+        let mut row = Vec::with_capacity(columns.len());
+        for col in columns {
+            let Some(len) = b.get(at..at + 4) else {
+                return Ok(None);
+            };
+            let len = i32::from_be_bytes(len.try_into().expect("4 bytes"));
+            at += 4;
+            if len < 0 {
+                row.push(Value::Null);
+                continue;
+            }
+            let Some(v) = b.get(at..at + len as usize) else {
+                return Ok(None);
+            };
+            at += len as usize;
+            row.push(
+                binary_value(col.ty, v).map_err(|e| copy_format(format!("{}: {e}", col.name)))?,
+            );
+        }
+        Ok(Some((row, at)))
+    }
+
+    /// The data must have ended with its trailer and nothing after it.
+    fn finish(&self) -> StoreResult<()> {
+        if !self.ended || self.buf.len() - self.pos != 2 {
+            return Err(copy_format("the data ended early"));
+        }
+        Ok(())
+    }
+}
+
+/// A value in PostgreSQL's binary form (the `_send` of each column type).
+fn binary_value(ty: ColumnType, v: &[u8]) -> Result<Value, String> {
+    let int = |v: &[u8]| -> Result<[u8; 8], String> {
+        v.try_into()
+            .map_err(|_| format!("{} bytes for an 8-byte value", v.len()))
+    };
+    let text = |v: &[u8]| -> Result<String, String> {
+        String::from_utf8(v.to_vec()).map_err(|e| e.to_string())
+    };
+    Ok(match ty {
+        ColumnType::Text => Value::Text(text(v)?),
+        // Exports select jsonb as text (`select_expr`).
+        ColumnType::Json => Value::Json(text(v)?),
+        ColumnType::Integer => Value::Integer(i64::from_be_bytes(int(v)?)),
+        ColumnType::Number => Value::Number(f64::from_be_bytes(int(v)?)),
+        ColumnType::Time => Value::Time(PgTime::from_wire(i64::from_be_bytes(int(v)?)).0),
+        ColumnType::Boolean => match v {
+            [0] => Value::Boolean(false),
+            [1] => Value::Boolean(true),
+            _ => return Err(format!("{v:?} is not a boolean")),
+        },
+    })
+}
+
 /// How segments read in PostgreSQL: times as TIMESTAMPTZ, `strpos`.
 struct PgDialect;
 
@@ -607,6 +816,12 @@ pub(crate) async fn count_rows(
 /// one statement read row by row, so a 10-million-row export holds a few
 /// chunks in memory, never the result. Key order is byte order, as SQLite
 /// sorts; the key columns are `COLLATE "C"`, so it walks the primary key.
+///
+/// A whole index is read with `COPY … TO STDOUT` in the binary format: the
+/// same rows with less of the client's work (no row object, no type check
+/// per value; 200k profiles: 0.30 s waiting for rows → 0.24–0.26 s).
+/// `COPY` takes no bound parameters, so a segment, whose values come from
+/// the client, is read by the query; the tenant is the store's own integer.
 pub(crate) fn export_rows(
     pool: PgPool,
     tenant: TenantId,
@@ -614,42 +829,40 @@ pub(crate) fn export_rows(
     filter: Option<&Filter>,
 ) -> RowStream {
     let (tx, rx) = tokio::sync::mpsc::channel::<StoreResult<Vec<Vec<Value>>>>(4);
-    let (where_sql, bounds) = segment_sql(filter);
     let cols: Vec<String> = index
         .columns
         .iter()
         .map(|c| select_expr(c.ty, c.name))
         .collect();
-    let sql = format!(
-        "SELECT {} FROM {} WHERE tenant_id = $1 AND {where_sql} ORDER BY {}",
-        cols.join(", "),
-        index.table,
-        index.key_sql()
-    );
-    let producer = tokio::spawn(async move {
-        let query = bind_bounds(sqlx::query(sqlx::AssertSqlSafe(sql)).bind(tenant), bounds);
-        let mut rows = query.fetch(&pool);
-        let mut chunk = Vec::with_capacity(EXPORT_BATCH);
-        while let Some(row) = rows.next().await {
-            match row.and_then(|r| read_row(&r, index)) {
-                Ok(v) => chunk.push(v),
-                Err(e) => {
-                    let _ = tx.send(Err(backend(e))).await;
-                    return;
+    let producer = match filter {
+        None => {
+            let sql = format!(
+                "COPY (SELECT {} FROM {} WHERE tenant_id = {tenant} ORDER BY {}) TO STDOUT (FORMAT binary)",
+                cols.join(", "),
+                index.table,
+                index.key_sql()
+            );
+            tokio::spawn(async move {
+                if let Err(e) = copy_out(&pool, &sql, index, &tx).await {
+                    let _ = tx.send(Err(e)).await;
                 }
-            }
-            if chunk.len() == EXPORT_BATCH {
-                let full = std::mem::replace(&mut chunk, Vec::with_capacity(EXPORT_BATCH));
-                if tx.send(Ok(full)).await.is_err() {
-                    // The reader went away: stop reading.
-                    return;
+            })
+        }
+        Some(filter) => {
+            let (where_sql, bounds) = segment_sql(Some(filter));
+            let sql = format!(
+                "SELECT {} FROM {} WHERE tenant_id = $1 AND {where_sql} ORDER BY {}",
+                cols.join(", "),
+                index.table,
+                index.key_sql()
+            );
+            tokio::spawn(async move {
+                if let Err(e) = query_out(&pool, sql, tenant, bounds, index, &tx).await {
+                    let _ = tx.send(Err(e)).await;
                 }
-            }
+            })
         }
-        if !chunk.is_empty() {
-            let _ = tx.send(Ok(chunk)).await;
-        }
-    });
+    };
     // The channel also closes when the producer panics; an export must not
     // then look complete, so the end of the stream asks how it ended.
     futures::stream::unfold((rx, Some(producer)), |(mut rx, producer)| async move {
@@ -667,4 +880,75 @@ pub(crate) fn export_rows(
         }
     })
     .boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datask_core::index;
+
+    /// Rows as `COPY … TO STDOUT (FORMAT binary)` sends an export's select
+    /// (jsonb as text).
+    fn copy_out_data(idx: &IndexDef, rows: &[Vec<Value>]) -> Vec<u8> {
+        let mut buf = COPY_HEADER.to_vec();
+        for row in rows {
+            buf.extend_from_slice(&(idx.columns.len() as i16).to_be_bytes());
+            for (i, v) in row.iter().enumerate() {
+                match v {
+                    Value::Json(s) => put_field(&mut buf, &[s.as_bytes()]).unwrap(),
+                    _ => put_value(&mut buf, idx, i, v).unwrap(),
+                }
+            }
+        }
+        buf.extend_from_slice(&(-1i16).to_be_bytes());
+        buf
+    }
+
+    #[test]
+    fn binary_rows_read_the_same_whatever_the_pieces() {
+        for idx in index::ALL {
+            let row = |key: &str, t: i64| -> Vec<Value> {
+                idx.columns
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| match (i, c.ty) {
+                        (0, _) => Value::Text(key.into()),
+                        (_, ColumnType::Text) => Value::Text(format!("{} é\t\"x\"\n", c.name)),
+                        (_, ColumnType::Json) => Value::Json(r#"{"a": [1, "b"]}"#.into()),
+                        (_, ColumnType::Integer) => Value::Integer(-t),
+                        (_, ColumnType::Number) => Value::Number(t as f64 / 8.0),
+                        (_, ColumnType::Boolean) => Value::Boolean(t % 2 == 0),
+                        (_, ColumnType::Time) => Value::Time(t),
+                    })
+                    .collect()
+            };
+            let mut only_key = vec![Value::Null; idx.columns.len()];
+            only_key[0] = Value::Text("k".into());
+            // Before 2000, after it, and PostgreSQL's infinity.
+            let rows = vec![
+                row("a", -1_000_000_007),
+                only_key,
+                row("b", 1_767_225_600_123_456),
+                row("c", i64::MAX),
+            ];
+            let data = copy_out_data(idx, &rows);
+            for piece in [1, 2, 3, 7, 64, data.len()] {
+                let mut reader = BinaryRows::new(idx);
+                let mut got = Vec::new();
+                for chunk in data.chunks(piece) {
+                    reader.extend(chunk);
+                    while let Some(row) = reader.next_row().unwrap() {
+                        got.push(row);
+                    }
+                }
+                reader.finish().unwrap();
+                assert_eq!(got, rows, "{} in pieces of {piece}", idx.name);
+            }
+            // Data cut short is an error, not a shorter export.
+            let mut reader = BinaryRows::new(idx);
+            reader.extend(&data[..data.len() - 3]);
+            while reader.next_row().unwrap().is_some() {}
+            assert!(reader.finish().is_err(), "{}", idx.name);
+        }
+    }
 }

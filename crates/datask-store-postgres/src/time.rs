@@ -36,6 +36,15 @@ impl PgTime {
 }
 
 impl PgTime {
+    /// The instant PostgreSQL's binary format carries as `pg`.
+    pub(crate) fn from_wire(pg: i64) -> PgTime {
+        PgTime(match pg {
+            i64::MAX | i64::MIN => pg,
+            // Cannot overflow: PostgreSQL's range ends in year 294276.
+            _ => pg + PG_EPOCH_US,
+        })
+    }
+
     /// The value PostgreSQL's binary format carries: microseconds since
     /// 2000-01-01, `±infinity` kept as they are.
     pub(crate) fn wire(self) -> Result<i64, String> {
@@ -91,11 +100,7 @@ impl<'r> Decode<'r, Postgres> for PgTime {
         match value.format() {
             PgValueFormat::Binary => {
                 let pg: i64 = Decode::<Postgres>::decode(value)?;
-                Ok(PgTime(match pg {
-                    i64::MAX | i64::MIN => pg,
-                    // Cannot overflow: PostgreSQL's range ends in year 294276.
-                    _ => pg + PG_EPOCH_US,
-                }))
+                Ok(PgTime::from_wire(pg))
             }
             // Only the simple query protocol answers in text; sqlx sets the
             // session to UTC and ISO dates ("2026-03-01 12:00:00.5+00").
