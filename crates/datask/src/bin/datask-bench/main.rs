@@ -112,8 +112,16 @@ pub fn machine() -> String {
     )
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // Before the runtime's threads allocate anything.
+    datask::memory::without_huge_pages();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     let measure = args.measure.unwrap_or(Measure::All);
     let o = &args.opts;
