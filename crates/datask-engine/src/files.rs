@@ -35,9 +35,13 @@ impl From<object_store::Error> for FileError {
     }
 }
 
+const LOCAL_PART_SIZE: usize = 1 << 20;
+
 #[derive(Clone, Debug)]
 pub struct FileStore {
     inner: Arc<dyn ObjectStore>,
+    /// Bytes a writer gathers before it hands them on as one part.
+    part_size: usize,
 }
 
 impl FileStore {
@@ -47,6 +51,11 @@ impl FileStore {
         let fs = LocalFileSystem::new_with_prefix(dir)?;
         Ok(FileStore {
             inner: Arc::new(fs),
+            // A local part is one write at an offset of the staging file:
+            // small parts cost nothing in speed and keep a writer's memory
+            // small (peak of a 3M-row upload and import: 110 → 96 MB against
+            // 8 MiB parts). An S3-compatible store will need ≥ 5 MiB.
+            part_size: LOCAL_PART_SIZE,
         })
     }
 
@@ -62,11 +71,11 @@ impl FileStore {
     }
 
     /// A buffered writer; the object appears only when `shutdown` completes.
-    /// Past 8 MiB it uploads in parts; at most two in flight, so a writer
-    /// faster than the disk (or the network) waits instead of queueing
-    /// parts in memory.
+    /// Past one part's size it writes in parts; at most two in flight, so a
+    /// writer faster than the disk (or the network) waits instead of
+    /// queueing parts in memory.
     pub fn writer(&self, key: &str) -> BufWriter {
-        BufWriter::with_capacity(self.inner.clone(), Path::from(key), 8 << 20)
+        BufWriter::with_capacity(self.inner.clone(), Path::from(key), self.part_size)
             .with_max_concurrency(2)
     }
 
@@ -96,5 +105,52 @@ impl FileStore {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(e.into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// Several parts' worth, written in pieces that straddle part bounds:
+    /// nothing is visible until `shutdown`, then all of it, in order; an
+    /// aborted writer leaves nothing.
+    #[tokio::test]
+    async fn a_file_of_many_parts_appears_whole_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = FileStore::local(dir.path()).unwrap();
+        let data: Vec<u8> = (0..LOCAL_PART_SIZE * 7 / 2)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let mut w = files.writer("results/1/2/3/a.csv");
+        for piece in data.chunks(300_007) {
+            w.write_all(piece).await.unwrap();
+        }
+        assert!(matches!(
+            files.size("results/1/2/3/a.csv").await,
+            Err(FileError::NotFound)
+        ));
+        w.shutdown().await.unwrap();
+        let mut read = Vec::new();
+        let mut stream = files.read("results/1/2/3/a.csv", None).await.unwrap();
+        while let Some(b) = stream.next().await {
+            read.extend_from_slice(&b.unwrap());
+        }
+        assert!(read == data, "{} bytes read of {}", read.len(), data.len());
+
+        let mut w = files.writer("results/1/2/3/b.csv");
+        w.write_all(&data).await.unwrap();
+        w.abort().await.unwrap();
+        assert!(matches!(
+            files.size("results/1/2/3/b.csv").await,
+            Err(FileError::NotFound)
+        ));
+        // No staging file of either is left behind.
+        let left: Vec<_> = std::fs::read_dir(dir.path().join("results/1/2/3"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, vec!["a.csv"]);
     }
 }
