@@ -538,3 +538,58 @@ fn streams_without_holding_the_file() {
         assert_eq!((n, last), (200_000, if json { 200_000 } else { 200_001 }));
     }
 }
+
+/// The attribute object is written straight to text: the same text a JSON
+/// map of the same entries would print, empty values left out.
+#[test]
+fn attribute_objects_print_as_a_json_map_would() {
+    use serde_json::json;
+    let plan = ProfilePlan {
+        n_columns: 1,
+        identifier_at: None,
+        user_id_at: Some(0),
+        attributes: [
+            "t", "n", "whole", "nan", "i", "b", "at", "j", "empty", "bad json",
+        ]
+        .map(String::from)
+        .to_vec(),
+    };
+    let attrs = vec![
+        Value::Text("a \"quoted\" é\n\u{1}".into()),
+        Value::Number(12.25),
+        Value::Number(5000.0),
+        Value::Number(f64::NAN),
+        Value::Integer(-7),
+        Value::Boolean(true),
+        Value::Time(1_767_225_600_123_456),
+        Value::Json(r#"{"x": [1, "y"]}"#.into()),
+        Value::Null,
+        Value::Json("{".into()),
+    ];
+    let mut want = serde_json::Map::new();
+    want.insert("t".into(), json!("a \"quoted\" é\n\u{1}"));
+    want.insert("n".into(), json!(12.25));
+    want.insert("whole".into(), json!(5000.0));
+    want.insert("i".into(), json!(-7));
+    want.insert("b".into(), json!(true));
+    want.insert(
+        "at".into(),
+        json!(datask_core::settings::attribute_time(1_767_225_600_123_456)),
+    );
+    want.insert("j".into(), json!({"x": [1, "y"]}));
+    let mut values = vec![Value::Text("u1".into())];
+    values.extend(attrs);
+    plan.finish(&mut values);
+    assert_eq!(
+        values,
+        vec![
+            Value::Text("u1".into()),
+            Value::Json(serde_json::Value::Object(want).to_string())
+        ]
+    );
+    // Nothing given: no object at all.
+    let mut values = vec![Value::Text("u2".into())];
+    values.extend(std::iter::repeat_n(Value::Null, 10));
+    plan.finish(&mut values);
+    assert_eq!(values, vec![Value::Text("u2".into()), Value::Null]);
+}
