@@ -323,39 +323,55 @@ async fn shutdown_releases_running_tasks(b: Backend) {
     assert_eq!(t.logs.last().unwrap().msg, "released at shutdown");
 }
 
+/// A handler that sleeps and records how many of its runs overlapped: the
+/// ceiling is about handlers running at once, and reading three task states
+/// one query at a time could see one task finish and the next start between
+/// two reads, counting both as running.
+struct Overlapping {
+    in_flight: Arc<AtomicUsize>,
+    max_in_flight: Arc<AtomicUsize>,
+}
+
+#[async_trait]
+impl Handler for Overlapping {
+    fn identifier(&self) -> &'static str {
+        "slowish"
+    }
+    fn validate(&self, _: &mut Map<String, Value>) -> Result<(), Invalid> {
+        Ok(())
+    }
+    async fn run(&self, _: &TaskContext) -> Result<Outcome, TaskError> {
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        Ok(Outcome::default())
+    }
+}
+
 async fn tenant_concurrency_is_a_ceiling(b: Backend) {
     let h = harness(b, 1).await;
-    let runs = Arc::new(AtomicUsize::new(0));
     let ids = [
         h.task("slowish", 3).await,
         h.task("slowish", 3).await,
         h.task("slowish", 3).await,
     ];
-    let (stop, engine) = h.start(
-        registry("slowish", &runs, |_| Behaviour::SleepIgnoringCancel(300)),
-        4,
-        Duration::from_secs(30),
-    );
-    let mut max_running = 0;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let mut running = 0;
-        let mut done = 0;
-        for id in ids {
-            match h.store.get_task(h.tenant, id).await.unwrap().unwrap().state {
-                TaskState::InProgress => running += 1,
-                TaskState::Done => done += 1,
-                _ => {}
-            }
-        }
-        max_running = max_running.max(running);
-        if done == 3 {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    let handler = Overlapping {
+        in_flight: Arc::new(AtomicUsize::new(0)),
+        max_in_flight: Arc::new(AtomicUsize::new(0)),
+    };
+    let max_in_flight = handler.max_in_flight.clone();
+    let mut reg = Registry::new();
+    reg.register(handler);
+    let (stop, engine) = h.start(reg, 4, Duration::from_secs(30));
+    for id in ids {
+        h.wait_state(id, &[TaskState::Done], 20).await;
     }
-    assert_eq!(max_running, 1, "the tenant's limit of 1 was exceeded");
+    assert_eq!(
+        max_in_flight.load(Ordering::SeqCst),
+        1,
+        "the tenant's limit of 1 was exceeded"
+    );
     stop.cancel();
     engine.await.unwrap();
 }
