@@ -22,8 +22,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{Opts, machine, median};
 
-/// Tasks the engine runs at once (and the tenant's limit).
-const SLOTS: usize = 64;
 
 /// Does nothing; with a sender, reports how long after `target.sent_us`
 /// (the enqueue instant) it started.
@@ -52,6 +50,7 @@ impl Handler for NoOp {
 /// A fresh store with one tenant whose limit is the engine's slots.
 async fn fresh(
     database_url: Option<String>,
+    slots: usize,
 ) -> anyhow::Result<(
     tempfile::TempDir,
     Arc<dyn datask_core::Store>,
@@ -63,7 +62,7 @@ async fn fresh(
         .create_tenant(NewTenant {
             name: "bench".into(),
             timezone: "UTC".into(),
-            concurrency: SLOTS as i64,
+            concurrency: slots as i64,
         })
         .await?;
     Ok((dir, store, files, tenant.id))
@@ -88,15 +87,16 @@ fn noop(tenant_id: i64, target: Map<String, Value>, now: jiff::Timestamp) -> New
 /// each enqueued when the previous started) or offered at `rate` per second.
 async fn latency(
     database_url: Option<String>,
+    slots: usize,
     n: usize,
     rate: Option<u64>,
 ) -> anyhow::Result<Vec<Duration>> {
-    let (_dir, store, files, tenant) = fresh(database_url).await?;
+    let (_dir, store, files, tenant) = fresh(database_url, slots).await?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let mut registry = Registry::new();
     registry.register(NoOp(Some(tx)));
     // The engine's default poll: a wake-up must come from the store's signal.
-    let config = app::engine_config(SLOTS, 30, 5);
+    let config = app::engine_config(slots, 30, 5);
     let engine = Engine::new(store.clone(), files, Arc::new(registry), config);
     let stop = CancellationToken::new();
     let running = tokio::spawn(engine.run(stop.clone()));
@@ -155,8 +155,12 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 /// (enqueue time, drain time) of `n` tasks on a fresh store.
-async fn round(database_url: Option<String>, n: u64) -> anyhow::Result<(Duration, Duration)> {
-    let (_dir, store, files, tenant) = fresh(database_url).await?;
+async fn round(
+    database_url: Option<String>,
+    slots: usize,
+    n: u64,
+) -> anyhow::Result<(Duration, Duration)> {
+    let (_dir, store, files, tenant) = fresh(database_url, slots).await?;
     let now = jiff::Timestamp::now();
     let t = Instant::now();
     for _ in 0..n {
@@ -167,7 +171,7 @@ async fn round(database_url: Option<String>, n: u64) -> anyhow::Result<(Duration
     let enqueue = t.elapsed();
     let mut registry = Registry::new();
     registry.register(NoOp(None));
-    let mut config = app::engine_config(SLOTS, 30, 5);
+    let mut config = app::engine_config(slots, 30, 5);
     config.poll = Duration::from_millis(5);
     let engine = Engine::new(store.clone(), files, Arc::new(registry), config);
     let metrics = engine.metrics();
@@ -189,8 +193,8 @@ async fn round(database_url: Option<String>, n: u64) -> anyhow::Result<(Duration
 
 /// graphile-worker's processes and slots per process, in its batched mode
 /// (`scripts/peers/graphile-worker/worker.mjs`).
-const GRAPHILE_PROCESSES: usize = 4;
-const GRAPHILE_CONCURRENCY: usize = 24;
+pub const GRAPHILE_PROCESSES: usize = 4;
+pub const GRAPHILE_CONCURRENCY: usize = 24;
 
 /// The drain time of `n` no-op jobs by graphile-worker on a fresh database
 /// of the server at `pg_url`: its workers start and wait, the jobs arrive in
@@ -291,7 +295,7 @@ pub async fn measure(o: &Opts) -> anyhow::Result<String> {
                 None => None,
                 Some(u) => Some(datask_store_postgres::testing::fresh_database(u).await),
             };
-            let (e, d) = round(db, o.tasks).await?;
+            let (e, d) = round(db, o.slots, o.tasks).await?;
             eprintln!("{name} burn-down run {r}: enqueue {e:?}, drain {d:?}");
             enq.push(e);
             drain.push(d);
@@ -335,7 +339,7 @@ pub async fn measure(o: &Opts) -> anyhow::Result<String> {
                 None => None,
                 Some(u) => Some(datask_store_postgres::testing::fresh_database(u).await),
             };
-            let mut l = latency(db, samples, rate).await?;
+            let mut l = latency(db, o.slots, samples, rate).await?;
             l.sort();
             let (p50, p99) = (percentile(&l, 0.5), percentile(&l, 0.99));
             eprintln!("{name} latency {label}: p50 {p50:?} p99 {p99:?}");
@@ -354,9 +358,10 @@ pub async fn measure(o: &Opts) -> anyhow::Result<String> {
         machine()
     ) + &format!(
         "### No-op burn-down\n\nTasks enqueued one `insert_task` at a time, then drained by one engine \
-         with {SLOTS} slots (claim, run, complete; the full history is kept). {} Median of {} runs, {}. \
-         Command: `datask-bench burndown --tasks {}`.\n\n\
+         with {} slots (claim, run, complete; the full history is kept). {} Median of {} runs, {}. \
+         Command: `datask-bench burndown --tasks {} --slots {}`.\n\n\
          | store | tasks | enqueue | drain |\n|---|---|---|---|\n{rows}\n",
+        o.slots,
         if o.graphile.is_some() && o.pg_url.is_some() {
             "The reference on the same PostgreSQL server, same run: graphile-worker \
              (`scripts/peers/graphile-worker`), its workers started first and the jobs added in one \
@@ -366,6 +371,7 @@ pub async fn measure(o: &Opts) -> anyhow::Result<String> {
         },
         o.runs,
         machine(),
-        o.tasks
+        o.tasks,
+        o.slots
     ))
 }

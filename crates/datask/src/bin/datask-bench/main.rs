@@ -50,6 +50,11 @@ pub struct Opts {
     /// No-op tasks drained by the burn-down.
     #[arg(long, default_value_t = 100_000, global = true)]
     tasks: u64,
+    /// Tasks the burn-down's engine runs at once (and its tenant's limit):
+    /// by default graphile-worker's 4 processes × 24, the reference's own
+    /// concurrency.
+    #[arg(long, default_value_t = burndown::GRAPHILE_PROCESSES * burndown::GRAPHILE_CONCURRENCY, global = true)]
+    slots: usize,
     /// Rows of the small and the large memory runs.
     #[arg(long, default_value_t = 100_000, global = true)]
     memory_small: u64,
