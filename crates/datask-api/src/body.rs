@@ -31,13 +31,15 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                 ApiError::BadRequest(format!("could not read the body: {e}"))
             }
         })?;
-        parse_json(&bytes).map(JsonBody)
+        parse_json_object(&bytes).map(JsonBody)
     }
 }
 
+/// A whole body as one JSON value of type `T`: anything after it (a second
+/// value, stray text) is refused rather than ignored.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         let message = if inner.is_syntax() || inner.is_eof() {
@@ -50,7 +52,26 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         } else {
             ApiError::invalid(path, message)
         }
-    })
+    })?;
+    de.end().map_err(|e| {
+        ApiError::BadRequest(format!(
+            "the body is not valid JSON: {e} (after the end of the first value)"
+        ))
+    })?;
+    Ok(value)
+}
+
+/// A body that must be a JSON object (a task, a segment, settings…): serde
+/// would otherwise also read a struct from an array of its fields in order.
+pub fn parse_json_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        // Another JSON value than an object.
+        Some(b) if b"[\"-0123456789tfn".contains(b) => Err(ApiError::BadRequest(
+            "the body must be a JSON object".into(),
+        )),
+        // An object, or empty or not JSON at all: parse_json says what is wrong.
+        _ => parse_json(bytes),
+    }
 }
 
 /// Query parameters as name → value, with malformed strings and repeated

@@ -25,6 +25,13 @@ pub const LIMIT_DEFAULT: i64 = 100;
 pub const LIMIT_MAX: i64 = 1000;
 const OFFSET_MAX: i64 = 1_000_000;
 const IN_MAX: usize = 1000;
+/// Conditions, values across every `in` list, and order terms per query:
+/// well past any real filter, and well inside what the stores' SQL takes
+/// (SQLite refuses an expression tree of 1,000 terms and more than 32,766
+/// bound values), so that a large query is a 400 that says why, not a 500.
+const CONDITIONS_MAX: usize = 200;
+const VALUES_MAX: usize = 10_000;
+const ORDER_MAX: usize = 16;
 
 /// Fields `select` may name: the filterable ones and a few more.
 const SELECT_ONLY: &[&str] = &[
@@ -364,11 +371,31 @@ pub(crate) async fn list(
     )?;
     let conditions = match body.get("condition") {
         None | Some(Value::Null) => vec![],
-        Some(Value::Array(items)) => items
-            .iter()
-            .enumerate()
-            .map(|(i, c)| parse_condition(i, c))
-            .collect::<Result<_, _>>()?,
+        Some(Value::Array(items)) => {
+            if items.len() > CONDITIONS_MAX {
+                return Err(ApiError::invalid(
+                    "condition",
+                    format!("at most {CONDITIONS_MAX} conditions, got {}", items.len()),
+                )
+                .into());
+            }
+            let values: usize = items
+                .iter()
+                .filter_map(|c| c.get(2).and_then(Value::as_array).map(Vec::len))
+                .sum();
+            if values > VALUES_MAX {
+                return Err(ApiError::invalid(
+                    "condition",
+                    format!("at most {VALUES_MAX} values in all the lists together, got {values}"),
+                )
+                .into());
+            }
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, c)| parse_condition(i, c))
+                .collect::<Result<_, _>>()?
+        }
         Some(_) => {
             return Err(ApiError::invalid(
                 "condition",
@@ -379,6 +406,13 @@ pub(crate) async fn list(
     };
     let order = match body.get("order") {
         None | Some(Value::Null) => vec![],
+        Some(Value::Array(items)) if items.len() > ORDER_MAX => {
+            return Err(ApiError::invalid(
+                "order",
+                format!("at most {ORDER_MAX} order terms, got {}", items.len()),
+            )
+            .into());
+        }
         Some(Value::Array(items)) => items
             .iter()
             .enumerate()

@@ -129,7 +129,7 @@ async fn task_input(
                     }
                     json.extend_from_slice(&chunk);
                 }
-                task = Some(crate::body::parse_json(&json)?);
+                task = Some(crate::body::parse_json_object(&json)?);
             }
             "file" if upload.is_none() => {
                 let filename = field.file_name().map(str::to_string);

@@ -12,6 +12,10 @@ use crate::settings::{Attribute, AttributeType, attribute_time};
 pub const MAX_DEPTH: usize = 8;
 pub const MAX_LEAVES: usize = 200;
 pub const MAX_LIST: usize = 1000;
+/// Values across every list of one filter: each is a bound parameter, and
+/// SQLite takes at most 32,766 in a statement (40 lists of 1,000 were
+/// accepted here and then failed every run of the task).
+pub const MAX_VALUES: usize = 10_000;
 pub const OPS: [&str; 16] = [
     "eq",
     "ne",
@@ -155,6 +159,13 @@ pub fn parse_with(
     path: &str,
     now: Timestamp,
 ) -> Result<Filter, SegmentError> {
+    let values = list_values(json);
+    if values > MAX_VALUES {
+        return Err(err(
+            path,
+            format!("at most {MAX_VALUES} values in all the lists together, got {values}"),
+        ));
+    }
     let mut leaves = 0;
     let ctx = Ctx {
         index,
@@ -166,6 +177,22 @@ pub fn parse_with(
         now,
     };
     parse_node(&ctx, json, path, 1, &mut leaves)
+}
+
+/// The values of every condition's list, however deep (serde_json stops
+/// nesting at 128 levels, so this recursion is bounded).
+fn list_values(json: &Json) -> usize {
+    match json {
+        Json::Object(o) => o
+            .iter()
+            .map(|(k, v)| match (k.as_str(), v) {
+                ("value", Json::Array(items)) => items.len(),
+                (_, v) => list_values(v),
+            })
+            .sum(),
+        Json::Array(items) => items.iter().map(list_values).sum(),
+        _ => 0,
+    }
 }
 
 struct Ctx<'a> {
@@ -608,6 +635,21 @@ mod tests {
         fn attribute(&self, name: &str, _ty: ColumnType) -> String {
             format!("A({name})")
         }
+    }
+
+    #[test]
+    fn lists_are_bounded_together() {
+        let list = |n: usize| {
+            json!({"field": "country", "op": "in", "value": vec![json!("NL"); n]})
+        };
+        let ten = json!({ "any": vec![list(1000); 10] });
+        assert!(parse(&USERS, &ten, "segment", Timestamp::UNIX_EPOCH).is_ok());
+        let eleven = json!({ "any": [ten, {"not": list(1)}] });
+        let e = parse(&USERS, &eleven, "segment", Timestamp::UNIX_EPOCH).unwrap_err();
+        assert!(
+            e.to_string().contains("at most 10000 values in all the lists together, got 10001"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -414,6 +414,30 @@ async fn bad_requests_name_what_is_wrong(b: Backend) {
     assert!(r.text().await.unwrap().contains("not valid JSON"));
     let r = raw("{}", "text/plain").await.unwrap();
     assert_eq!(r.status(), 415);
+    // A second value or stray text after the object is refused, not ignored;
+    // so is a task written as an array of its fields.
+    let task = r#"{"target": {"action": "export", "export_index": "users", "export_format": "csv"}}"#;
+    for body in [
+        format!("{task}{{\"desc\": \"b\"}}"),
+        format!("{task} trailing"),
+    ] {
+        let r = s
+            .http
+            .post(format!("{}/tasks", s.url))
+            .bearer_auth(&t.key)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{body}");
+        assert!(r.text().await.unwrap().contains("trailing characters"), "{body}");
+    }
+    let r = raw(r#"["export", "as a list"]"#, "application/json")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("must be a JSON object"));
     let big = "x".repeat(100 * 1024);
     let (status, _) = s
         .call("POST", "/tasks", &t.key, Some(json!({ "desc": big })))
@@ -1112,6 +1136,23 @@ async fn query_dialect_refuses_what_is_not_on_its_lists(b: Backend) {
         ),
         (json!({ "limit": 5000 }), 400, "limit"),
         (json!({ "offset": -1 }), 400, "offset"),
+        // Large but well-formed queries are 400s too, before the store's SQL
+        // limits could make them 500s.
+        (
+            json!({ "condition": vec![json!(["id", ">", 0]); 201] }),
+            400,
+            "condition: at most 200 conditions",
+        ),
+        (
+            json!({ "condition": vec![json!(["id", "in", (0..1000).collect::<Vec<_>>()]); 11] }),
+            400,
+            "at most 10000 values in all the lists",
+        ),
+        (
+            json!({ "order": vec![json!("id DESC"); 17] }),
+            400,
+            "order: at most 16 order terms",
+        ),
         (json!({ "sort": ["id"] }), 400, "sort"),
     ];
     for (mut body, status, needle) in cases {
