@@ -5,6 +5,7 @@
 
 use axum::body::Bytes;
 use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -105,6 +106,18 @@ async fn tenant_of(state: &AppState, body: &Map<String, Value>) -> Result<i64, A
         return Err(ApiError::Unauthorized);
     }
     Ok(cred.tenant_id)
+}
+
+/// The body, or this dialect's envelope for one too large to read (axum's
+/// own rejection is plain text).
+fn read_body(bytes: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    bytes.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge("the request body is larger than the limit".into())
+        } else {
+            ApiError::BadRequest(format!("could not read the body: {e}"))
+        }
+    })
 }
 
 fn body_object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
@@ -354,9 +367,9 @@ fn task_view(task: &Task, select: Option<&[String]>, now: Timestamp) -> Value {
     ))]
 pub(crate) async fn list(
     State(state): State<AppState>,
-    bytes: Bytes,
+    bytes: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Envelope> {
-    let body = body_object(&bytes)?;
+    let body = body_object(&read_body(bytes)?)?;
     let tenant = tenant_of(&state, &body).await?;
     check_keys(
         &body,
@@ -449,9 +462,9 @@ pub(crate) async fn list(
     ))]
 pub(crate) async fn info(
     State(state): State<AppState>,
-    bytes: Bytes,
+    bytes: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Envelope> {
-    let body = body_object(&bytes)?;
+    let body = body_object(&read_body(bytes)?)?;
     let tenant = tenant_of(&state, &body).await?;
     check_keys(&body, &["apptoken", "id", "select"])?;
     let id = match body.get("id") {

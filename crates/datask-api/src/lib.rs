@@ -85,15 +85,35 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .fallback(
             |method: axum::http::Method, uri: axum::http::Uri| async move {
-                ApiError::NotFound(format!("no route for {method} {}", uri.path()))
+                in_dialect_of(
+                    &uri,
+                    ApiError::NotFound(format!("no route for {method} {}", uri.path())),
+                )
             },
         )
         .method_not_allowed_fallback(
             |method: axum::http::Method, uri: axum::http::Uri| async move {
-                ApiError::MethodNotAllowed(format!("{method} is not allowed on {}", uri.path()))
+                in_dialect_of(
+                    &uri,
+                    ApiError::MethodNotAllowed(format!(
+                        "{method} is not allowed on {}",
+                        uri.path()
+                    )),
+                )
             },
         )
         .with_state(state)
+}
+
+/// An error in the shape of the API its path belongs to: the query
+/// dialect's envelope under `/api/external/`, the REST shape elsewhere.
+fn in_dialect_of(uri: &axum::http::Uri, e: ApiError) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if uri.path().starts_with("/api/external/") {
+        external::Envelope::from(e).into_response()
+    } else {
+        e.into_response()
+    }
 }
 
 #[utoipa::path(get, path = "/readyz", tag = "health", responses((status = 200, body = String), (status = 500, body = crate::openapi::ErrorBody)))]

@@ -1208,6 +1208,31 @@ async fn query_dialect_refuses_what_is_not_on_its_lists(b: Backend) {
         (body["success"].as_bool(), body["code"].as_u64()),
         (Some(false), Some(400))
     );
+    // Too large, no such route, wrong method: still this dialect's envelope.
+    let big = format!(r#"{{"apptoken": "{}", "x": "{}"}}"#, t.apptoken, "y".repeat(100 * 1024));
+    for (method, path, body, status) in [
+        ("POST", "list/task", big, 413),
+        ("POST", "nowhere", "{}".to_string(), 404),
+        ("GET", "list/task", String::new(), 405),
+    ] {
+        let resp = s
+            .http
+            .request(
+                method.parse().unwrap(),
+                format!("{}/api/external/{path}", s.url),
+            )
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), status, "{method} {path}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(
+            (body["success"].as_bool(), body["code"].as_u64()),
+            (Some(false), Some(u64::from(status))),
+            "{method} {path}: {body}"
+        );
+    }
     s.stop().await;
 }
 
