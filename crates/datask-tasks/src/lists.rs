@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
-use datask_core::index::{IndexDef, LIST_MEMBERS, USERS, Value as Cell};
+use datask_core::index::{IndexDef, LIST_MEMBERS, LISTS, USERS, Value as Cell};
 use datask_core::segment::Filter;
 use datask_core::settings::ProfileSettings;
 use datask_core::store::{ImportRow, RowReject};
@@ -13,6 +13,7 @@ use datask_engine::{Handler, Invalid, Outcome, TaskContext, TaskError};
 use jiff::Timestamp;
 use serde_json::{Map, Value, json};
 
+use crate::audience::{find_row, input_error};
 use crate::export::{export_to_file, exported, format_of, validate_format};
 use crate::target;
 
@@ -129,6 +130,16 @@ impl Handler for ListExport {
     async fn run(&self, ctx: &TaskContext) -> Result<Outcome, TaskError> {
         let t = &ctx.task.target;
         let list = list_id(t).map_err(|e| TaskError::Fatal(e.to_string()))?;
+        // A list is there if it was described (`lists`) or has members
+        // (`list_import` adds members only); otherwise the id is a mistake.
+        if find_row(ctx, &LISTS, "list_id", list).await?.is_none()
+            && find_row(ctx, &LIST_MEMBERS, "list_id", list).await?.is_none()
+        {
+            return Ok(input_error(
+                "target[list_id]",
+                format!("List '{list}' does not exist"),
+            ));
+        }
         let format = format_of(t);
         let filter = Filter::InList {
             list: list.to_string(),

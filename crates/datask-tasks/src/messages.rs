@@ -15,6 +15,7 @@ use jiff::Timestamp;
 use serde_json::{Map, Value, json};
 use tokio::io::AsyncWriteExt;
 
+use crate::audience::{find_row, input_error};
 use crate::export::{export_to_file, exported, format_of, validate_format};
 use crate::target;
 
@@ -96,6 +97,17 @@ impl Handler for SendExport {
         let t = &ctx.task.target;
         let (from, to) = range(t).map_err(fatal)?;
         let campaign = target::string(t, "campaign_id").map_err(fatal)?;
+        // A campaign is there if it was described or has sends; otherwise
+        // the id is a mistake, not an empty export.
+        if let Some(id) = campaign
+            && find_row(ctx, &CAMPAIGNS, "campaign_id", id).await?.is_none()
+            && find_row(ctx, &SENDS, "campaign_id", id).await?.is_none()
+        {
+            return Ok(input_error(
+                "target[campaign_id]",
+                format!("Campaign '{id}' does not exist"),
+            ));
+        }
         let format = format_of(t);
         let filter = sends_filter(from, to, campaign);
         let (key, rows) = export_to_file(ctx, &SENDS, filter.as_ref(), format, "sends").await?;

@@ -487,6 +487,19 @@ async fn segments_lists_and_campaign_audiences(b: Backend) {
         csv_column(&s.download(&t.key, done["id"].as_i64().unwrap()).await, 0),
         VIP_LIST
     );
+    // A list with neither a description nor members is a mistake, not an
+    // empty export.
+    let done = run(
+        &s,
+        &t,
+        json!({ "identifier": "list_export", "target": { "list_id": "nope" } }),
+    )
+    .await;
+    assert_eq!(done["state"]["code"], "ERROR", "{done}");
+    assert_eq!(
+        done["errors"],
+        json!({ "target[list_id]": ["List 'nope' does not exist"] })
+    );
 
     // Campaigns: segment ∧ channel eligibility.
     let campaigns = format!(
@@ -614,6 +627,12 @@ async fn messages_and_personal_data(b: Backend) {
         .map(|x| x.0)
         .collect();
     assert_eq!(got, want);
+    let done = run(&s, &t, json!({ "identifier": "message_export_send", "target": { "campaign_id": "c999" } })).await;
+    assert_eq!(done["state"]["code"], "ERROR", "{done}");
+    assert_eq!(
+        done["errors"],
+        json!({ "target[campaign_id]": ["Campaign 'c999' does not exist"] })
+    );
     let (status, body) = s
         .call(
             "POST",
