@@ -639,15 +639,15 @@ mod tests {
 
     #[test]
     fn lists_are_bounded_together() {
-        let list = |n: usize| {
-            json!({"field": "country", "op": "in", "value": vec![json!("NL"); n]})
-        };
+        let list =
+            |n: usize| json!({"field": "country", "op": "in", "value": vec![json!("NL"); n]});
         let ten = json!({ "any": vec![list(1000); 10] });
         assert!(parse(&USERS, &ten, "segment", Timestamp::UNIX_EPOCH).is_ok());
         let eleven = json!({ "any": [ten, {"not": list(1)}] });
         let e = parse(&USERS, &eleven, "segment", Timestamp::UNIX_EPOCH).unwrap_err();
         assert!(
-            e.to_string().contains("at most 10000 values in all the lists together, got 10001"),
+            e.to_string()
+                .contains("at most 10000 values in all the lists together, got 10001"),
             "{e}"
         );
     }

@@ -133,7 +133,9 @@ impl Handler for ListExport {
         // A list is there if it was described (`lists`) or has members
         // (`list_import` adds members only); otherwise the id is a mistake.
         if find_row(ctx, &LISTS, "list_id", list).await?.is_none()
-            && find_row(ctx, &LIST_MEMBERS, "list_id", list).await?.is_none()
+            && find_row(ctx, &LIST_MEMBERS, "list_id", list)
+                .await?
+                .is_none()
         {
             return Ok(input_error(
                 "target[list_id]",

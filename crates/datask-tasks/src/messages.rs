@@ -100,7 +100,9 @@ impl Handler for SendExport {
         // A campaign is there if it was described or has sends; otherwise
         // the id is a mistake, not an empty export.
         if let Some(id) = campaign
-            && find_row(ctx, &CAMPAIGNS, "campaign_id", id).await?.is_none()
+            && find_row(ctx, &CAMPAIGNS, "campaign_id", id)
+                .await?
+                .is_none()
             && find_row(ctx, &SENDS, "campaign_id", id).await?.is_none()
         {
             return Ok(input_error(

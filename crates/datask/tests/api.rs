@@ -416,7 +416,8 @@ async fn bad_requests_name_what_is_wrong(b: Backend) {
     assert_eq!(r.status(), 415);
     // A second value or stray text after the object is refused, not ignored;
     // so is a task written as an array of its fields.
-    let task = r#"{"target": {"action": "export", "export_index": "users", "export_format": "csv"}}"#;
+    let task =
+        r#"{"target": {"action": "export", "export_index": "users", "export_format": "csv"}}"#;
     for body in [
         format!("{task}{{\"desc\": \"b\"}}"),
         format!("{task} trailing"),
@@ -431,7 +432,10 @@ async fn bad_requests_name_what_is_wrong(b: Backend) {
             .await
             .unwrap();
         assert_eq!(r.status(), 400, "{body}");
-        assert!(r.text().await.unwrap().contains("trailing characters"), "{body}");
+        assert!(
+            r.text().await.unwrap().contains("trailing characters"),
+            "{body}"
+        );
     }
     let r = raw(r#"["export", "as a list"]"#, "application/json")
         .await
@@ -1209,7 +1213,11 @@ async fn query_dialect_refuses_what_is_not_on_its_lists(b: Backend) {
         (Some(false), Some(400))
     );
     // Too large, no such route, wrong method: still this dialect's envelope.
-    let big = format!(r#"{{"apptoken": "{}", "x": "{}"}}"#, t.apptoken, "y".repeat(100 * 1024));
+    let big = format!(
+        r#"{{"apptoken": "{}", "x": "{}"}}"#,
+        t.apptoken,
+        "y".repeat(100 * 1024)
+    );
     for (method, path, body, status) in [
         ("POST", "list/task", big, 413),
         ("POST", "nowhere", "{}".to_string(), 404),

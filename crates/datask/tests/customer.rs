@@ -627,7 +627,12 @@ async fn messages_and_personal_data(b: Backend) {
         .map(|x| x.0)
         .collect();
     assert_eq!(got, want);
-    let done = run(&s, &t, json!({ "identifier": "message_export_send", "target": { "campaign_id": "c999" } })).await;
+    let done = run(
+        &s,
+        &t,
+        json!({ "identifier": "message_export_send", "target": { "campaign_id": "c999" } }),
+    )
+    .await;
     assert_eq!(done["state"]["code"], "ERROR", "{done}");
     assert_eq!(
         done["errors"],

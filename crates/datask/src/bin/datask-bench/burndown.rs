@@ -22,7 +22,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{Opts, machine, median};
 
-
 /// Does nothing; with a sender, reports how long after `target.sent_us`
 /// (the enqueue instant) it started.
 struct NoOp(Option<tokio::sync::mpsc::UnboundedSender<Duration>>);
