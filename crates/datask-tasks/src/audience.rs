@@ -21,13 +21,16 @@ use crate::target;
 /// `trigger.segment_id` (profiles; other indexes follow `user_id`), both
 /// when both are given. Both were checked when the task was accepted;
 /// `within_days` counts back from the start of this run.
+///
+/// A saved segment deleted since is the caller's mistake, not ours: the
+/// inner `Err` is the run's outcome, in ERROR, naming `trigger[segment_id]`.
 pub(crate) async fn task_filter(
     ctx: &TaskContext,
     index: &'static IndexDef,
-) -> Result<Option<Filter>, TaskError> {
+) -> Result<Result<Option<Filter>, Outcome>, TaskError> {
     let trigger = &ctx.task.trigger;
     if trigger.segment.is_none() && trigger.segment_id.is_none() {
-        return Ok(None);
+        return Ok(Ok(None));
     }
     let settings = ctx.store.profile_settings(ctx.task.tenant_id).await?;
     let now = Timestamp::now();
@@ -42,20 +45,21 @@ pub(crate) async fn task_filter(
         let id: i64 = id
             .parse()
             .map_err(|_| TaskError::Fatal(format!("'{id}' is not a segment id")))?;
-        let saved = ctx
-            .store
-            .get_segment(ctx.task.tenant_id, id)
-            .await?
-            .ok_or_else(|| TaskError::Fatal(format!("saved segment {id} no longer exists")))?;
+        let Some(saved) = ctx.store.get_segment(ctx.task.tenant_id, id).await? else {
+            return Ok(Err(input_error(
+                "trigger[segment_id]",
+                format!("Segment {id} does not exist"),
+            )));
+        };
         let profiles = parse_with(&USERS, &settings.attributes, &saved.filter, "segment", now)
             .map_err(|e| TaskError::Fatal(format!("saved segment {id}: {e}")))?;
         parts.push(follow(index, profiles));
     }
-    Ok(Some(if parts.len() == 1 {
+    Ok(Ok(Some(if parts.len() == 1 {
         parts.pop().expect("one")
     } else {
         Filter::All(parts)
-    }))
+    })))
 }
 
 /// A filter over profiles, applied to `index`.
@@ -128,7 +132,10 @@ impl Handler for SegmentCount {
     async fn run(&self, ctx: &TaskContext) -> Result<Outcome, TaskError> {
         let t = &ctx.task.target;
         let channel = channel_field(t).map_err(fatal)?;
-        let segment = task_filter(ctx, &USERS).await?;
+        let segment = match task_filter(ctx, &USERS).await? {
+            Ok(f) => f,
+            Err(missing) => return Ok(missing),
+        };
         let tenant = ctx.task.tenant_id;
         let count = ctx
             .store
@@ -205,7 +212,10 @@ impl Handler for SegmentExport {
         let t = &ctx.task.target;
         let channel = channel_field(t).map_err(fatal)?;
         let format = format_of(t);
-        let profiles = with_channel(task_filter(ctx, &USERS).await?, channel);
+        let profiles = match task_filter(ctx, &USERS).await? {
+            Ok(f) => with_channel(f, channel),
+            Err(missing) => return Ok(missing),
+        };
         let (view, filter) = if self.devices {
             let mut parts = Vec::new();
             if let Some(p) = profiles {

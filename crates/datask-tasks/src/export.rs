@@ -154,7 +154,10 @@ impl Handler for Export {
         let index =
             target::index(t, "export_index").map_err(|e| TaskError::Fatal(e.to_string()))?;
         let format = format_of(t);
-        let filter = crate::audience::task_filter(ctx, index).await?;
+        let filter = match crate::audience::task_filter(ctx, index).await? {
+            Ok(f) => f,
+            Err(missing) => return Ok(missing),
+        };
         let (key, rows) = export_to_file(ctx, index, filter.as_ref(), format, index.name).await?;
         Ok(exported(
             key,

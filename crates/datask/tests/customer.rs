@@ -448,6 +448,31 @@ async fn segments_lists_and_campaign_audiences(b: Backend) {
         .await;
     assert_eq!(status, 400);
     assert!(body.to_string().contains("trigger.segment_id"), "{body}");
+    // A saved segment deleted after the task was accepted: the run ends in
+    // ERROR naming it (the caller's mistake), not FATAL.
+    let (status, body) = s
+        .call("POST", "/segments", &t.key, Some(json!({ "name": "gone", "filter": { "all": [{ "field": "ltv", "op": "gte", "value": 1 }] } })))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let gone = body["id"].as_i64().unwrap();
+    let later = s
+        .create(&t.key, json!({ "identifier": "segment_count_recipients", "trigger": { "segment_id": gone, "once": "2099-01-01T00:00:00Z" } }))
+        .await;
+    let (status, _) = s
+        .call("DELETE", &format!("/segments/{gone}"), &t.key, None)
+        .await;
+    assert_eq!(status, 204);
+    let id = later["id"].as_i64().unwrap();
+    let (status, body) = s
+        .call("POST", &format!("/tasks/{id}/execute"), &t.key, None)
+        .await;
+    assert!(status < 300, "{status} {body}");
+    let done = s.wait(&t.key, id, 60).await;
+    assert_eq!(done["state"]["code"], "ERROR", "{done}");
+    assert_eq!(
+        done["errors"],
+        json!({ "trigger[segment_id]": [format!("Segment {gone} does not exist")] })
+    );
 
     // in_list and a boolean attribute, inline.
     let seg = json!({ "any": [{ "field": "user_id", "op": "in_list", "value": "vip" }, { "field": "vip", "op": "eq", "value": true }] });
