@@ -175,8 +175,9 @@ impl Handler for Import {
         let dry_run = target::boolean(t, "dry_run").unwrap_or(false);
         // All or nothing: a first pass checks the whole file (duplicates
         // across batches too) and writes nothing; only a clean file is
-        // read again and written.
-        let atomic = target::boolean(t, "atomic").unwrap_or(false) && !dry_run;
+        // read again and written. A dry run of it is that first pass alone,
+        // so that it reports what the real run would.
+        let atomic = target::boolean(t, "atomic").unwrap_or(false);
         let upload_id =
             target::required_string(t, "upload_id").map_err(|e| TaskError::Fatal(e.to_string()))?;
         let upload = ctx
@@ -308,6 +309,11 @@ impl Handler for Import {
             {
                 refused = true;
                 ctx.log("the file has problems: nothing was written (atomic)")
+                    .await?;
+                break;
+            }
+            if dry_run {
+                ctx.log("the whole file is valid; nothing written (dry run)")
                     .await?;
                 break;
             }

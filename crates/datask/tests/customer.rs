@@ -948,6 +948,22 @@ async fn atomic_imports_write_all_or_nothing(b: Backend) {
         csv.push_str(&format!("u{i},p{i}@x.io\n"));
     }
     csv.push_str("u0,again@x.io\n");
+    // A dry run reports what the real run would: the repeat across batches
+    // found, nothing applied.
+    let dry = profile_import(&s, &t, &csv, json!({ "atomic": true, "dry_run": true })).await;
+    assert_eq!(dry["state"]["code"], "ERROR", "{dry}");
+    assert_eq!(
+        dry["errors"],
+        json!({ "file[rows]": ["Rows are duplicates (Row 12002)"] })
+    );
+    assert_eq!(
+        (
+            &dry["output"]["applied"],
+            &dry["output"]["atomic"],
+            &dry["output"]["dry_run"]
+        ),
+        (&json!(0), &json!(true), &json!(true))
+    );
     let done = profile_import(&s, &t, &csv, json!({ "atomic": true })).await;
     assert_eq!(done["state"]["code"], "ERROR", "{done}");
     assert_eq!(
@@ -968,6 +984,13 @@ async fn atomic_imports_write_all_or_nothing(b: Backend) {
 
     // Without the repeat the file is written whole.
     let clean: String = csv.lines().take(12_001).map(|l| format!("{l}\n")).collect();
+    let dry = profile_import(&s, &t, &clean, json!({ "atomic": true, "dry_run": true })).await;
+    assert_eq!(dry["state"]["code"], "DONE", "{dry}");
+    assert_eq!(dry["output"]["applied"], 12_000);
+    assert!(
+        profiles(&s, &t).await.is_empty(),
+        "a dry run writes nothing"
+    );
     let done = profile_import(&s, &t, &clean, json!({ "atomic": true })).await;
     assert_eq!(done["state"]["code"], "DONE", "{done}");
     assert_eq!(done["output"]["applied"], 12_000);
