@@ -24,14 +24,19 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                 "expected Content-Type application/json, got '{content_type}'"
             )));
         }
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::TooLarge("the request body is larger than the limit".into())
-            } else {
-                ApiError::BadRequest(format!("could not read the body: {e}"))
-            }
-        })?;
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(unreadable_body)?;
         parse_json_object(&bytes).map(JsonBody)
+    }
+}
+
+/// A body that could not be read: too large (413), or cut off (400).
+pub fn unreadable_body(e: axum::extract::rejection::BytesRejection) -> ApiError {
+    if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::TooLarge("the request body is larger than the limit".into())
+    } else {
+        ApiError::BadRequest(format!("could not read the body: {e}"))
     }
 }
 
@@ -65,11 +70,10 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 /// would otherwise also read a struct from an array of its fields in order.
 pub fn parse_json_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
-        // Another JSON value than an object.
-        Some(b) if b"[\"-0123456789tfn".contains(b) => Err(ApiError::BadRequest(
+        Some(b) if *b != b'{' => Err(ApiError::BadRequest(
             "the body must be a JSON object".into(),
         )),
-        // An object, or empty or not JSON at all: parse_json says what is wrong.
+        // An object, or nothing at all: parse_json says what is wrong.
         _ => parse_json(bytes),
     }
 }

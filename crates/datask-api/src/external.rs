@@ -18,7 +18,7 @@ use subtle::ConstantTimeEq;
 
 use crate::AppState;
 use crate::auth::hash_secret;
-use crate::body::parse_json;
+use crate::body::{parse_json, unreadable_body};
 use crate::error::ApiError;
 use crate::render::result_name;
 
@@ -106,18 +106,6 @@ async fn tenant_of(state: &AppState, body: &Map<String, Value>) -> Result<i64, A
         return Err(ApiError::Unauthorized);
     }
     Ok(cred.tenant_id)
-}
-
-/// The body, or this dialect's envelope for one too large to read (axum's
-/// own rejection is plain text).
-fn read_body(bytes: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
-    bytes.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::TooLarge("the request body is larger than the limit".into())
-        } else {
-            ApiError::BadRequest(format!("could not read the body: {e}"))
-        }
-    })
 }
 
 fn body_object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
@@ -369,7 +357,7 @@ pub(crate) async fn list(
     State(state): State<AppState>,
     bytes: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Envelope> {
-    let body = body_object(&read_body(bytes)?)?;
+    let body = body_object(&bytes.map_err(unreadable_body)?)?;
     let tenant = tenant_of(&state, &body).await?;
     check_keys(
         &body,
@@ -464,7 +452,7 @@ pub(crate) async fn info(
     State(state): State<AppState>,
     bytes: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Envelope> {
-    let body = body_object(&read_body(bytes)?)?;
+    let body = body_object(&bytes.map_err(unreadable_body)?)?;
     let tenant = tenant_of(&state, &body).await?;
     check_keys(&body, &["apptoken", "id", "select"])?;
     let id = match body.get("id") {

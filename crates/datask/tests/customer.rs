@@ -391,6 +391,12 @@ async fn load_people(s: &TestServer, t: &Tenant) {
 }
 
 /// Runs a task to its end; the finished task.
+/// The task ended in ERROR with exactly these `errors`.
+fn assert_refused(done: &Value, errors: Value) {
+    assert_eq!(done["state"]["code"], "ERROR", "{done}");
+    assert_eq!(done["errors"], errors, "{done}");
+}
+
 async fn run(s: &TestServer, t: &Tenant, task: Value) -> Value {
     let created = s.create(&t.key, task).await;
     s.wait(&t.key, created["id"].as_i64().unwrap(), 60).await
@@ -468,10 +474,9 @@ async fn segments_lists_and_campaign_audiences(b: Backend) {
         .await;
     assert!(status < 300, "{status} {body}");
     let done = s.wait(&t.key, id, 60).await;
-    assert_eq!(done["state"]["code"], "ERROR", "{done}");
-    assert_eq!(
-        done["errors"],
-        json!({ "trigger[segment_id]": [format!("Segment {gone} does not exist")] })
+    assert_refused(
+        &done,
+        json!({ "trigger[segment_id]": [format!("Segment {gone} does not exist")] }),
     );
 
     // in_list and a boolean attribute, inline.
@@ -520,10 +525,9 @@ async fn segments_lists_and_campaign_audiences(b: Backend) {
         json!({ "identifier": "list_export", "target": { "list_id": "nope" } }),
     )
     .await;
-    assert_eq!(done["state"]["code"], "ERROR", "{done}");
-    assert_eq!(
-        done["errors"],
-        json!({ "target[list_id]": ["List 'nope' does not exist"] })
+    assert_refused(
+        &done,
+        json!({ "target[list_id]": ["List 'nope' does not exist"] }),
     );
 
     // Campaigns: segment ∧ channel eligibility.
@@ -583,10 +587,9 @@ async fn segments_lists_and_campaign_audiences(b: Backend) {
         json!({ "identifier": "campaign_count_recipients", "target": { "campaign_id": "nope" } }),
     )
     .await;
-    assert_eq!(done["state"]["code"], "ERROR");
-    assert_eq!(
-        done["errors"],
-        json!({ "target[campaign_id]": ["Campaign 'nope' does not exist"] })
+    assert_refused(
+        &done,
+        json!({ "target[campaign_id]": ["Campaign 'nope' does not exist"] }),
     );
     s.stop().await;
 }
@@ -658,10 +661,9 @@ async fn messages_and_personal_data(b: Backend) {
         json!({ "identifier": "message_export_send", "target": { "campaign_id": "c999" } }),
     )
     .await;
-    assert_eq!(done["state"]["code"], "ERROR", "{done}");
-    assert_eq!(
-        done["errors"],
-        json!({ "target[campaign_id]": ["Campaign 'c999' does not exist"] })
+    assert_refused(
+        &done,
+        json!({ "target[campaign_id]": ["Campaign 'c999' does not exist"] }),
     );
     let (status, body) = s
         .call(
