@@ -89,11 +89,30 @@ pub(crate) struct TaskMultipart {
 
 /// The task of a `POST /tasks`: a JSON body, or `multipart/form-data` with
 /// the task JSON in a part named `task` and the input file in a part named
-/// `file`.
+/// `file`. Also the id of the file it stored, which is the caller's to
+/// discard if the task is not created; a refused body leaves no file.
 async fn task_input(
     state: &AppState,
     tenant: i64,
     req: axum::extract::Request,
+) -> Result<(TaskInput, Option<String>), ApiError> {
+    let mut upload = None;
+    match read_task_input(state, tenant, req, &mut upload).await {
+        Ok(task) => Ok((task, upload)),
+        Err(e) => {
+            if let Some(id) = upload {
+                crate::uploads::discard_upload(state, tenant, &id).await;
+            }
+            Err(e)
+        }
+    }
+}
+
+async fn read_task_input(
+    state: &AppState,
+    tenant: i64,
+    req: axum::extract::Request,
+    upload: &mut Option<String>,
 ) -> Result<TaskInput, ApiError> {
     use axum::extract::FromRequest;
     let content_type = req
@@ -115,7 +134,6 @@ async fn task_input(
         |e: multer::Error| ApiError::BadRequest(format!("the multipart body is malformed: {e}"));
     let mut parts = multer::Multipart::new(req.into_body().into_data_stream(), boundary);
     let mut task: Option<TaskInput> = None;
-    let mut upload: Option<String> = None;
     while let Some(mut field) = parts.next_field().await.map_err(malformed)? {
         let name = field.name().unwrap_or("").to_string();
         match name.as_str() {
@@ -135,7 +153,7 @@ async fn task_input(
                 let filename = field.file_name().map(str::to_string);
                 let (id, _, _) =
                     crate::uploads::store_upload(state, tenant, filename, field).await?;
-                upload = Some(id);
+                *upload = Some(id);
             }
             "task" | "file" => {
                 return Err(ApiError::invalid(name, "appears more than once"));
@@ -158,7 +176,7 @@ async fn task_input(
             "the multipart body needs a part named task holding the task JSON",
         )
     })?;
-    if let Some(id) = upload {
+    if let Some(id) = upload.clone() {
         let target = task.target.get_or_insert_with(Map::new);
         if target.get("upload_id").is_some_and(|v| !v.is_null()) {
             return Err(ApiError::invalid(
@@ -427,7 +445,24 @@ pub(crate) async fn create(
     req: axum::extract::Request,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     caller.require(Access::Operator)?;
-    let input = task_input(&state, caller.tenant_id, req).await?;
+    let (input, upload) = task_input(&state, caller.tenant_id, req).await?;
+    let created = create_task(&state, &caller, &headers, input).await;
+    // The file sent with a task that was refused, or that repeated an
+    // Idempotency-Key (the first task keeps its own file), serves nothing.
+    if let Some(id) = upload
+        && !matches!(&created, Ok((StatusCode::CREATED, _)))
+    {
+        crate::uploads::discard_upload(&state, caller.tenant_id, &id).await;
+    }
+    created
+}
+
+async fn create_task(
+    state: &AppState,
+    caller: &Caller,
+    headers: &HeaderMap,
+    input: TaskInput,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
     if input.version.is_some() {
         return Err(ApiError::invalid("version", "is only accepted by PUT"));
     }
@@ -454,7 +489,7 @@ pub(crate) async fn create(
             Some(key.to_string())
         }
     };
-    let r = resolve(&state, caller.tenant_id, input, None).await?;
+    let r = resolve(state, caller.tenant_id, input, None).await?;
     let now = Timestamp::now();
     let inserted = state
         .store
@@ -629,6 +664,11 @@ pub(crate) async fn remove(
         .delete_task(caller.tenant_id, id)
         .await
         .map_err(|e| map_missing(e, id))?;
+    // Its files go with it (a profile_export_data result is personal data).
+    // The task is gone either way; a file left behind is only logged.
+    if let Err(e) = state.files.delete_task_files(caller.tenant_id, id).await {
+        tracing::warn!(task = id, error = %e, "could not delete the files of a deleted task");
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 

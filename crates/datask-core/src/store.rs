@@ -417,6 +417,9 @@ pub trait Store: Send + Sync + 'static {
     // ----- uploads -----
     async fn insert_upload(&self, upload: Upload) -> StoreResult<()>;
     async fn get_upload(&self, tenant: TenantId, id: &str) -> StoreResult<Option<Upload>>;
+    /// Forgets an upload (its bytes are the file store's to delete); a
+    /// missing one is not an error.
+    async fn delete_upload(&self, tenant: TenantId, id: &str) -> StoreResult<()>;
 
     // ----- data indexes -----
     async fn import_batch(&self, batch: ImportBatch) -> StoreResult<BatchOutcome>;

@@ -7,7 +7,7 @@ use std::path::Path as FsPath;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use futures::stream::BoxStream;
 use object_store::buffered::BufWriter;
 use object_store::local::LocalFileSystem;
@@ -48,7 +48,12 @@ impl FileStore {
     /// A directory on this machine (created if missing).
     pub fn local(dir: &FsPath) -> Result<Self, FileError> {
         std::fs::create_dir_all(dir)?;
-        let fs = LocalFileSystem::new_with_prefix(dir)?;
+        // fsync at publish: a result the database calls DONE must survive a
+        // power cut, not only a kill (one sync per file, not per part).
+        // Cleanup drops the directories of deleted runs.
+        let fs = LocalFileSystem::new_with_prefix(dir)?
+            .with_fsync(true)
+            .with_automatic_cleanup(true);
         Ok(FileStore {
             inner: Arc::new(fs),
             // A local part is one write at an offset of the staging file:
@@ -68,6 +73,63 @@ impl FileStore {
     /// so a worker that lost its lease can never overwrite the winner's.
     pub fn result_key(tenant: i64, task: i64, fence: i64, name: &str) -> String {
         format!("results/{tenant}/{task}/{fence}/{name}")
+    }
+
+    /// Prefix of every file any run of a task wrote.
+    pub fn task_prefix(tenant: i64, task: i64) -> String {
+        format!("results/{tenant}/{task}")
+    }
+
+    /// Deletes every file of a task (all its runs): after the task is deleted.
+    pub async fn delete_task_files(&self, tenant: i64, task: i64) -> Result<usize, FileError> {
+        self.delete_under(&Self::task_prefix(tenant, task), |_| true)
+            .await
+    }
+
+    /// Deletes the files of a task's earlier runs, keeping those of `fence`
+    /// and any later run (which may be writing now): a task's `result` only
+    /// ever names its last run's file, so the rest are unreachable.
+    pub async fn delete_earlier_runs(
+        &self,
+        tenant: i64,
+        task: i64,
+        fence: i64,
+    ) -> Result<usize, FileError> {
+        self.delete_under(&Self::task_prefix(tenant, task), |rest| {
+            rest.split('/')
+                .next()
+                .and_then(|f| f.parse::<i64>().ok())
+                .is_some_and(|f| f < fence)
+        })
+        .await
+    }
+
+    /// Deletes the files under `prefix` whose path after it `doomed` picks.
+    async fn delete_under(
+        &self,
+        prefix: &str,
+        doomed: impl Fn(&str) -> bool,
+    ) -> Result<usize, FileError> {
+        let base = Path::from(prefix);
+        let listed: Vec<_> = match self.inner.list(Some(&base)).try_collect().await {
+            Ok(l) => l,
+            Err(object_store::Error::NotFound { .. }) => return Ok(0),
+            Err(e) => return Err(e.into()),
+        };
+        let start = prefix.len() + 1;
+        let locations: Vec<Path> = listed
+            .into_iter()
+            .map(|m| m.location)
+            .filter(|l| l.as_ref().get(start..).is_some_and(&doomed))
+            .collect();
+        let count = locations.len();
+        if count > 0 {
+            self.inner
+                .delete_stream(futures::stream::iter(locations.into_iter().map(Ok)).boxed())
+                .try_collect::<Vec<_>>()
+                .await?;
+        }
+        Ok(count)
     }
 
     /// A buffered writer; the object appears only when `shutdown` completes.

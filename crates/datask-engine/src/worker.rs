@@ -292,6 +292,16 @@ impl Engine {
             return;
         }
         let now = Timestamp::now();
+        // A run that ends (not a retry or release) leaves earlier runs' files
+        // unreachable; only worth a listing when some run wrote one.
+        let ends = match &result {
+            Ok(o) => Some(o.result.is_some()),
+            Err(TaskError::Cancelled) => (!release.load(Ordering::SeqCst)).then_some(false),
+            Err(TaskError::LeaseLost) => None,
+            Err(TaskError::Retryable(_)) if task.attempts < task.max_attempts => None,
+            Err(TaskError::Retryable(_) | TaskError::Fatal(_)) => Some(false),
+        };
+        let sweep = ends.is_some_and(|wrote| wrote || task.result.is_some());
         let recorded = match result {
             Err(TaskError::Cancelled) if release.load(Ordering::SeqCst) => {
                 self.metrics.released.fetch_add(1, Ordering::Relaxed);
@@ -347,8 +357,14 @@ impl Engine {
                 completer.complete(finished(id, fence, c)).await
             }
         };
-        if let Err(e) = recorded {
-            tracing::warn!(task = id, error = %e, "could not record the outcome");
+        match recorded {
+            Err(e) => tracing::warn!(task = id, error = %e, "could not record the outcome"),
+            Ok(()) if sweep => {
+                if let Err(e) = self.files.delete_earlier_runs(task.tenant_id, id, fence).await {
+                    tracing::warn!(task = id, error = %e, "could not delete earlier runs' files");
+                }
+            }
+            Ok(()) => {}
         }
     }
 

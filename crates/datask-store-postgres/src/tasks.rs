@@ -932,6 +932,16 @@ impl Store for PgStore {
         Ok(())
     }
 
+    async fn delete_upload(&self, tenant: TenantId, id: &str) -> StoreResult<()> {
+        sqlx::query("DELETE FROM uploads WHERE id = $1 AND tenant_id = $2")
+            .bind(id)
+            .bind(tenant)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
     async fn get_upload(&self, tenant: TenantId, id: &str) -> StoreResult<Option<Upload>> {
         let row = sqlx::query("SELECT id, tenant_id, size, sha256, object_key, filename, created_at FROM uploads WHERE id = $1 AND tenant_id = $2")
             .bind(id)

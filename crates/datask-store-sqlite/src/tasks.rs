@@ -782,6 +782,15 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn delete_upload(&self, tenant: TenantId, id: &str) -> StoreResult<()> {
+        let id = id.to_string();
+        self.write(move |c| {
+            c.execute("DELETE FROM uploads WHERE id = ?1 AND tenant_id = ?2", params![id, tenant])?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn get_upload(&self, tenant: TenantId, id: &str) -> StoreResult<Option<Upload>> {
         let id = id.to_string();
         self.lookup(move |c| {

@@ -734,6 +734,12 @@ pub async fn uploads(s: S) {
     );
     assert!(s.get_upload(b, "u1").await.unwrap().is_none());
     assert!(s.get_upload(a, "u2").await.unwrap().is_none());
+    // Another tenant cannot delete it; its own can, twice.
+    s.delete_upload(b, "u1").await.unwrap();
+    assert!(s.get_upload(a, "u1").await.unwrap().is_some());
+    s.delete_upload(a, "u1").await.unwrap();
+    s.delete_upload(a, "u1").await.unwrap();
+    assert!(s.get_upload(a, "u1").await.unwrap().is_none());
 }
 
 fn product_row(row: i64, key: &str, name: Option<&str>, price: Option<f64>) -> ImportRow {

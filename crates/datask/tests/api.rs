@@ -701,6 +701,8 @@ async fn cancel_and_execute_and_delete(b: Backend) {
         .await;
     assert_eq!(status, 200);
     assert_eq!(s.wait(&t.key, id, 30).await["state"]["code"], "DONE");
+    let first_run = s.files_under(&format!("results/{}/{id}", t.id));
+    assert_eq!(first_run.len(), 1, "{first_run:?}");
     // Finished: cancel is a conflict; execute again re-runs it.
     let (status, _) = s
         .call("POST", &format!("/tasks/{id}/cancel"), &t.key, None)
@@ -713,10 +715,16 @@ async fn cancel_and_execute_and_delete(b: Backend) {
     let done = s.wait(&t.key, id, 30).await;
     assert_eq!(done["state"]["code"], "DONE");
     assert_eq!(done["attempts"], 2);
+    // Only the last run's file is kept: the first is unreachable.
+    let second_run = s.files_under(&format!("results/{}/{id}", t.id));
+    assert_eq!(second_run.len(), 1, "{second_run:?}");
+    assert_ne!(first_run, second_run);
     let (status, _) = s
         .call("DELETE", &format!("/tasks/{id}"), &t.key, None)
         .await;
     assert_eq!(status, 204);
+    // Its files went with it, directories included.
+    assert!(!s.dir.path().join(format!("files/results/{}/{id}", t.id)).exists());
     let (status, _) = s.call("GET", &format!("/tasks/{id}"), &t.key, None).await;
     assert_eq!(status, 404);
     s.stop().await;

@@ -930,12 +930,28 @@ async fn multipart_task_with_its_file(b: Backend) {
         ),
         (part("other", "", "x") + "--XyZ--\r\n", "unknown part"),
         ("garbage".to_string(), "malformed"),
+        // The file arrives whole before the task is refused.
+        (
+            part("file", "; filename=\"p.csv\"", "user_id\nu1")
+                + &part("task", "", r#"{"identifier": "profile_imprt"}"#)
+                + "--XyZ--\r\n",
+            "profile_imprt",
+        ),
+        (
+            part("file", "; filename=\"p.csv\"", "user_id\nu1")
+                + &part("file", "; filename=\"q.csv\"", "user_id\nu2")
+                + "--XyZ--\r\n",
+            "more than once",
+        ),
     ] {
         let resp = post(body).await.unwrap();
         assert_eq!(resp.status(), 400);
         let text = resp.text().await.unwrap();
         assert!(text.contains(needle), "{text}");
     }
+    // A refused request keeps none of its file: only the accepted one is held.
+    let uploads = s.files_under(&format!("uploads/{}", t.id));
+    assert_eq!(uploads.len(), 1, "{uploads:?}");
     s.stop().await;
 }
 

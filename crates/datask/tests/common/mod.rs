@@ -139,6 +139,29 @@ pub async fn start_with(backend: Backend, opts: Options) -> TestServer {
 }
 
 impl TestServer {
+    /// The files the local file store holds under `rel` (e.g.
+    /// `results/1/7`), as paths relative to it, sorted; none if it is absent.
+    pub fn files_under(&self, rel: &str) -> Vec<String> {
+        fn walk(dir: &std::path::Path, base: &std::path::Path, out: &mut Vec<String>) {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return;
+            };
+            for e in entries.flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p, base, out);
+                } else {
+                    out.push(p.strip_prefix(base).unwrap().to_string_lossy().into_owned());
+                }
+            }
+        }
+        let base = self.dir.path().join("files").join(rel);
+        let mut out = Vec::new();
+        walk(&base, &base, &mut out);
+        out.sort();
+        out
+    }
+
     pub async fn stop(mut self) {
         self.shutdown.cancel();
         if let Some(h) = self.handle.take() {
