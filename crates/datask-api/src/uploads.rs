@@ -169,7 +169,11 @@ pub(crate) async fn store_upload<E: std::fmt::Display>(
 /// the way out of a refused request, whose own error is what the client
 /// must see.
 pub(crate) async fn discard_upload(state: &AppState, tenant_id: i64, id: &str) {
-    if let Err(e) = state.files.delete(&FileStore::upload_key(tenant_id, id)).await {
+    if let Err(e) = state
+        .files
+        .delete(&FileStore::upload_key(tenant_id, id))
+        .await
+    {
         tracing::warn!(upload = id, error = %e, "could not delete a discarded upload");
     }
     if let Err(e) = state.store.delete_upload(tenant_id, id).await {

@@ -644,7 +644,9 @@ fn parse_csv_record(
         if let Ok(values) = &mut outcome {
             match slots.get(pos) {
                 Some(Slot::Column(c)) => {
-                    match cell::parse_text(&index.columns[*c], schema.is_identifier(*c), text) {
+                    match cell::parse_text(&index.columns[*c], schema.is_identifier(*c), text)
+                        .and_then(|v| checked_cell(schema, *c, v))
+                    {
                         Ok(v) => values.push(v),
                         Err(p) => outcome = Err(p),
                     }
@@ -691,7 +693,7 @@ impl ProfilePlan {
     /// missing `user_id` comes from the identifier.
     fn finish(&self, values: &mut Vec<Value>) {
         let attributes = (!self.attributes.is_empty())
-            .then(|| self.attributes_json(values.drain(self.n_columns..)));
+            .then(|| attributes_json(&self.attributes, values.drain(self.n_columns..)));
         values.truncate(self.n_columns);
         let identifier = |values: &[Value]| {
             self.identifier_at
@@ -707,67 +709,67 @@ impl ProfilePlan {
             values.push(attributes);
         }
     }
+}
 
-    /// The attribute values as one JSON object in file order (names are
-    /// distinct: a repeated column is refused with the header); empty ones
-    /// are left out. Written straight to text: a map per row was a tenth of
-    /// the parser's allocations.
-    fn attributes_json(&self, attrs: impl Iterator<Item = Value>) -> Value {
-        fn put(out: &mut Vec<u8>, v: &impl serde::Serialize) {
-            serde_json::to_writer(out, v).expect("JSON of a plain value into memory");
-        }
-        let mut out = Vec::with_capacity(16 * self.attributes.len() + 2);
-        out.push(b'{');
-        for (name, value) in self.attributes.iter().zip(attrs) {
-            let start = out.len();
-            if start > 1 {
-                out.push(b',');
-            }
-            put(&mut out, name);
-            out.push(b':');
-            let written = match value {
-                Value::Null => false,
-                Value::Text(s) => {
-                    put(&mut out, &s);
-                    true
-                }
-                // JSON has no NaN or infinity.
-                Value::Number(f) => {
-                    f.is_finite() && {
-                        put(&mut out, &f);
-                        true
-                    }
-                }
-                Value::Integer(i) => {
-                    put(&mut out, &i);
-                    true
-                }
-                Value::Boolean(b) => {
-                    put(&mut out, &b);
-                    true
-                }
-                Value::Time(us) => {
-                    put(&mut out, &datask_core::settings::attribute_time(us));
-                    true
-                }
-                Value::Json(j) => match serde_json::from_str::<serde_json::Value>(&j) {
-                    Ok(v) => {
-                        put(&mut out, &v);
-                        true
-                    }
-                    Err(_) => false,
-                },
-            };
-            if !written {
-                out.truncate(start);
-            }
-        }
-        if out.len() == 1 {
-            return Value::Null;
-        }
-        out.push(b'}');
-        Value::Json(String::from_utf8(out).expect("serde_json writes UTF-8"))
+/// Attribute values as one JSON object in the order given (names are
+/// distinct: a repeated column is refused with the header); empty ones are
+/// left out. Written straight to text: a map per row was a tenth of the
+/// parser's allocations.
+pub(crate) fn attributes_json(names: &[String], attrs: impl Iterator<Item = Value>) -> Value {
+    fn put(out: &mut Vec<u8>, v: &impl serde::Serialize) {
+        serde_json::to_writer(out, v).expect("JSON of a plain value into memory");
     }
+    let mut out = Vec::with_capacity(16 * names.len() + 2);
+    out.push(b'{');
+    for (name, value) in names.iter().zip(attrs) {
+        let start = out.len();
+        if start > 1 {
+            out.push(b',');
+        }
+        put(&mut out, name);
+        out.push(b':');
+        let written = match value {
+            Value::Null => false,
+            Value::Text(s) => {
+                put(&mut out, &s);
+                true
+            }
+            // JSON has no NaN or infinity.
+            Value::Number(f) => {
+                f.is_finite() && {
+                    put(&mut out, &f);
+                    true
+                }
+            }
+            Value::Integer(i) => {
+                put(&mut out, &i);
+                true
+            }
+            Value::Boolean(b) => {
+                put(&mut out, &b);
+                true
+            }
+            Value::Time(us) => {
+                put(&mut out, &datask_core::settings::attribute_time(us));
+                true
+            }
+            Value::Json(j) => match serde_json::from_str::<serde_json::Value>(&j) {
+                Ok(v) => {
+                    put(&mut out, &v);
+                    true
+                }
+                Err(_) => false,
+            },
+        };
+        if !written {
+            out.truncate(start);
+        }
+    }
+    if out.len() == 1 {
+        return Value::Null;
+    }
+    out.push(b'}');
+    Value::Json(String::from_utf8(out).expect("serde_json writes UTF-8"))
 }
 
 /// The first line's keys, in order.
@@ -857,6 +859,19 @@ impl<'de> Visitor<'de> for LineVisitor<'_> {
     }
 }
 
+/// A parsed index cell, with the checks the schema adds beyond its column
+/// type (an `attributes` object against the tenant's attribute schema).
+fn checked_cell(schema: &Schema, c: usize, v: Value) -> Result<Value, RowProblem> {
+    match v {
+        Value::Json(json)
+            if schema.checks_attribute_object && schema.index.columns[c].name == "attributes" =>
+        {
+            schema.check_attribute_object(&json)
+        }
+        v => Ok(v),
+    }
+}
+
 /// Values in slot order: index columns first, then attributes.
 fn parse_json_line(
     schema: &Schema,
@@ -892,10 +907,10 @@ fn parse_json_line(
     for (slot, range) in slots.iter().zip(ranges.iter()) {
         let raw = range.map(|(start, end)| &text[start..end]);
         match slot {
-            Slot::Column(c) => values.push(cell::parse_json(
-                &schema.index.columns[*c],
-                schema.is_identifier(*c),
-                raw,
+            Slot::Column(c) => values.push(checked_cell(
+                schema,
+                *c,
+                cell::parse_json(&schema.index.columns[*c], schema.is_identifier(*c), raw)?,
             )?),
             Slot::Attribute(a) => {
                 let (name, ty) = &schema.attributes[*a];

@@ -21,6 +21,7 @@ pub fn row_message(code: &str, column: Option<&str>) -> String {
         "ragged_row" => "Rows have the wrong number of fields".into(),
         "invalid_utf8" => in_column("Rows are not valid UTF-8"),
         "invalid_json" => "Rows are not JSON objects".into(),
+        "unknown_attribute" => in_column("Rows have an attribute that is not a profile attribute"),
         "unknown_field" => match column {
             Some(c) => format!("Rows have a field that is not in the first row ('{c}')"),
             None => "Rows have a field that is not in the first row".into(),
@@ -132,6 +133,11 @@ mod tests {
                 "missing_value",
                 Some("name"),
                 "Rows are missing a required value in column 'name'",
+            ),
+            (
+                "unknown_attribute",
+                Some("attributes"),
+                "Rows have an attribute that is not a profile attribute in column 'attributes'",
             ),
             ("odd", Some("x"), "Rows were rejected (odd, column 'x')"),
             ("odd", None, "Rows were rejected (odd)"),

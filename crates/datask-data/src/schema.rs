@@ -4,7 +4,10 @@
 use datask_core::index::{ColumnType, IndexDef, USERS};
 use datask_core::settings::{AttributeType, ProfileSettings};
 
-use crate::import::ColumnProblem;
+use datask_core::index::Value;
+
+use crate::cell;
+use crate::import::{ColumnProblem, RowProblem};
 
 /// Where a file column's values go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +38,9 @@ pub struct Schema {
     pub(crate) profiles: bool,
     /// Columns that are not profile fields are skipped without a word.
     pub(crate) quiet: bool,
+    /// The generic import into `users`: the `attributes` column (a JSON
+    /// object) is checked against `attributes` and `disabled`.
+    pub(crate) checks_attribute_object: bool,
 }
 
 impl Schema {
@@ -47,6 +53,21 @@ impl Schema {
             identifier: 0,
             profiles: false,
             quiet: false,
+            checks_attribute_object: false,
+        }
+    }
+
+    /// The generic `import` into `users`: exactly the index's columns, as
+    /// [`Self::index`], but the keys and values of the `attributes` object
+    /// must be the tenant's enabled attributes and fit their types, as the
+    /// columns of a `profile_import` must.
+    pub fn users_index(settings: &ProfileSettings) -> Self {
+        let profiles = Schema::profiles(settings);
+        Schema {
+            attributes: profiles.attributes,
+            disabled: profiles.disabled,
+            checks_attribute_object: true,
+            ..Schema::index(&USERS)
         }
     }
 
@@ -83,6 +104,7 @@ impl Schema {
                 .unwrap_or(0),
             profiles: true,
             quiet: false,
+            checks_attribute_object: false,
         }
     }
 
@@ -94,6 +116,51 @@ impl Schema {
         schema.disabled.clear();
         schema.quiet = true;
         schema
+    }
+
+    /// Checks an `attributes` object against the tenant's schema (see
+    /// [`Self::users_index`]) and writes it as `profile_import` would have
+    /// (typed values, times in one format, nulls left out).
+    pub(crate) fn check_attribute_object(&self, json: &str) -> Result<Value, RowProblem> {
+        let object: serde_json::Map<String, serde_json::Value> = serde_json::from_str(json)
+            .map_err(|e| RowProblem {
+                code: "invalid_value",
+                column: Some("attributes".into()),
+                message: format!("Column 'attributes' is not a JSON object: {e}"),
+            })?;
+        let mut names = Vec::with_capacity(object.len());
+        let mut values = Vec::with_capacity(object.len());
+        for (name, value) in &object {
+            let Some((_, ty)) = self.attributes.iter().find(|(n, _)| n == name) else {
+                let why = if self.disabled.contains(name) {
+                    "is not set to be a profile attribute"
+                } else {
+                    "is not a recognized attribute"
+                };
+                return Err(RowProblem {
+                    code: "unknown_attribute",
+                    column: Some("attributes".into()),
+                    message: format!("Column 'attributes' has attribute '{name}', which {why}"),
+                });
+            };
+            let spec = cell::Spec {
+                name,
+                ty: *ty,
+                required: false,
+            };
+            let text = value.to_string();
+            let parsed = cell::json_cell(&spec, false, Some(&text)).map_err(|mut p| {
+                p.column = Some("attributes".into());
+                p.message = format!(
+                    "Column 'attributes': attribute {}",
+                    p.message.trim_start_matches("Column ")
+                );
+                p
+            })?;
+            names.push(name.clone());
+            values.push(parsed);
+        }
+        Ok(crate::import::attributes_json(&names, values.into_iter()))
     }
 
     pub fn index_def(&self) -> &'static IndexDef {
@@ -140,7 +207,12 @@ impl Schema {
                 .filter(|(_, c)| !(self.profiles && c.merge))
             {
                 slots.push(Slot::Column(i));
-            } else if let Some(a) = self.attributes.iter().position(|(n, _)| n == name) {
+            } else if let Some(a) = self
+                .attributes
+                .iter()
+                .position(|(n, _)| n == name)
+                .filter(|_| self.profiles)
+            {
                 slots.push(Slot::Attribute(a));
             } else if self.quiet {
                 slots.push(Slot::Ignored);

@@ -360,7 +360,11 @@ impl Engine {
         match recorded {
             Err(e) => tracing::warn!(task = id, error = %e, "could not record the outcome"),
             Ok(()) if sweep => {
-                if let Err(e) = self.files.delete_earlier_runs(task.tenant_id, id, fence).await {
+                if let Err(e) = self
+                    .files
+                    .delete_earlier_runs(task.tenant_id, id, fence)
+                    .await
+                {
                     tracing::warn!(task = id, error = %e, "could not delete earlier runs' files");
                 }
             }

@@ -785,7 +785,10 @@ impl Store for SqliteStore {
     async fn delete_upload(&self, tenant: TenantId, id: &str) -> StoreResult<()> {
         let id = id.to_string();
         self.write(move |c| {
-            c.execute("DELETE FROM uploads WHERE id = ?1 AND tenant_id = ?2", params![id, tenant])?;
+            c.execute(
+                "DELETE FROM uploads WHERE id = ?1 AND tenant_id = ?2",
+                params![id, tenant],
+            )?;
             Ok(())
         })
         .await

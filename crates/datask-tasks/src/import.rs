@@ -149,9 +149,12 @@ impl Handler for Import {
         let schema = match self.kind {
             Kind::Profiles => Schema::profiles(&settings),
             Kind::List => Schema::identifiers(&settings),
-            Kind::Index => Schema::index(
-                target::index(t, "import_index").map_err(|e| TaskError::Fatal(e.to_string()))?,
-            ),
+            Kind::Index => match target::index(t, "import_index")
+                .map_err(|e| TaskError::Fatal(e.to_string()))?
+            {
+                index if std::ptr::eq(index, &USERS) => Schema::users_index(&settings),
+                index => Schema::index(index),
+            },
         };
         let list = match self.kind {
             Kind::List => Some(

@@ -724,7 +724,12 @@ async fn cancel_and_execute_and_delete(b: Backend) {
         .await;
     assert_eq!(status, 204);
     // Its files went with it, directories included.
-    assert!(!s.dir.path().join(format!("files/results/{}/{id}", t.id)).exists());
+    assert!(
+        !s.dir
+            .path()
+            .join(format!("files/results/{}/{id}", t.id))
+            .exists()
+    );
     let (status, _) = s.call("GET", &format!("/tasks/{id}"), &t.key, None).await;
     assert_eq!(status, 404);
     s.stop().await;

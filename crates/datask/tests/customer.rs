@@ -15,6 +15,7 @@ on_both_stores!(
     bad_files_end_precisely,
     multipart_task_with_its_file,
     atomic_imports_write_all_or_nothing,
+    generic_import_into_users_checks_attributes,
 );
 
 async fn settings(s: &TestServer, t: &Tenant, body: Value) {
@@ -1013,5 +1014,48 @@ async fn atomic_imports_write_all_or_nothing(b: Backend) {
     assert_eq!(done["state"]["code"], "DONE", "{done}");
     assert_eq!(done["output"]["applied"], 12_000);
     assert_eq!(profiles(&s, &t).await.len(), 12_000);
+    s.stop().await;
+}
+
+/// The generic `import` into `users` holds attributes to the tenant's
+/// schema as profile_import does: a row with an unknown or mistyped
+/// attribute is refused, named, and the rest are written; an atomic one
+/// writes nothing.
+async fn generic_import_into_users_checks_attributes(b: Backend) {
+    let s = start(b).await;
+    let t = s.tenant("generic").await;
+    settings(
+        &s,
+        &t,
+        json!({ "attributes": [{ "name": "ltv", "type": "number" }] }),
+    )
+    .await;
+    let csv = "user_id,email,attributes\n\
+        u1,a@x.io,\"{\"\"ltv\"\":12}\"\n\
+        u2,b@x.io,\"{\"\"color\"\":\"\"red\"\"}\"\n\
+        u3,c@x.io,\"{\"\"ltv\"\":\"\"lots\"\"}\"\n";
+    let done = s.import(&t, "users", csv.as_bytes().to_vec()).await;
+    assert_eq!(done["state"]["code"], "ERROR", "{done}");
+    assert_eq!(
+        done["errors"],
+        json!({ "file[rows]": [
+            "Rows have an attribute that is not a profile attribute in column 'attributes' (Row 3)",
+            "Rows have an invalid value in column 'attributes' (Row 4)"
+        ] })
+    );
+    // The failed-rows file says which attribute, row by row.
+    let failed = String::from_utf8(s.download(&t.key, done["id"].as_i64().unwrap()).await).unwrap();
+    assert!(
+        failed.contains("attribute 'color', which is not a recognized attribute"),
+        "{failed}"
+    );
+    assert!(
+        failed.contains("attribute 'ltv' has 'lots', expected a number"),
+        "{failed}"
+    );
+    let stored = profiles(&s, &t).await;
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    assert_eq!(stored[0]["user_id"], "u1");
+    assert_eq!(stored[0]["attributes"], json!({ "ltv": 12.0 }));
     s.stop().await;
 }

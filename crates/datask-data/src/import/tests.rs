@@ -593,3 +593,73 @@ fn attribute_objects_print_as_a_json_map_would() {
     plan.finish(&mut values);
     assert_eq!(values, vec![Value::Text("u2".into()), Value::Null]);
 }
+
+/// The generic import into `users` checks the `attributes` object as
+/// `profile_import` checks attribute columns: known and enabled names,
+/// values of their types; a good object is written as profile_import
+/// writes one.
+#[test]
+fn the_users_index_checks_its_attribute_object() {
+    use datask_core::settings::{Attribute, AttributeType, ProfileSettings};
+    let attribute = |name: &str, ty, enabled| Attribute {
+        name: name.into(),
+        ty,
+        enabled,
+        pii: false,
+    };
+    let settings = ProfileSettings {
+        attributes: vec![
+            attribute("tier", AttributeType::String, true),
+            attribute("score", AttributeType::Number, true),
+            attribute("vip", AttributeType::Boolean, true),
+            attribute("old", AttributeType::String, false),
+        ],
+        ..Default::default()
+    };
+    let input = "user_id,attributes\n\
+        u1,\"{\"\"tier\"\":\"\"gold\"\",\"\"score\"\":\"\"12.5\"\",\"\"vip\"\":true}\"\n\
+        u2,\"{\"\"color\"\":\"\"red\"\"}\"\n\
+        u3,\"{\"\"old\"\":\"\"x\"\"}\"\n\
+        u4,\"{\"\"score\"\":\"\"high\"\"}\"\n\
+        u5,\"{\"\"vip\"\":null}\"\n";
+    let read = |input: &str, format| -> Vec<ParsedRow> {
+        ImportReader::open_with(input.as_bytes(), format, Schema::users_index(&settings))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    let got = read(input, InputFormat::Csv);
+    let messages: Vec<_> = got
+        .iter()
+        .map(|r| r.outcome.as_ref().err().map(|p| p.message.clone()))
+        .collect();
+    assert_eq!(
+        messages,
+        vec![
+            None,
+            Some("Column 'attributes' has attribute 'color', which is not a recognized attribute".into()),
+            Some("Column 'attributes' has attribute 'old', which is not set to be a profile attribute".into()),
+            Some("Column 'attributes': attribute 'score' has 'high', expected a number".into()),
+            None,
+        ]
+    );
+    assert_eq!(
+        got[0].outcome.as_ref().unwrap()[1],
+        Value::Json(r#"{"tier":"gold","score":12.5,"vip":true}"#.into())
+    );
+    assert_eq!(got[4].outcome.as_ref().unwrap()[1], Value::Null);
+    // JSON lines: the same checks.
+    let lines = "{\"user_id\":\"u1\",\"attributes\":{\"score\":3}}\n{\"user_id\":\"u2\",\"attributes\":{\"nope\":1}}\n";
+    let got = read(lines, InputFormat::JsonLines);
+    assert_eq!(
+        got[0].outcome.as_ref().unwrap()[1],
+        Value::Json(r#"{"score":3.0}"#.into())
+    );
+    assert_eq!(
+        problems(&got),
+        vec![(2, "unknown_attribute", Some("attributes".into()))]
+    );
+    // The plain index schema still takes any object.
+    let plain: Vec<_> = rows(input.as_bytes(), &USERS);
+    assert!(problems(&plain).is_empty());
+}
