@@ -85,7 +85,12 @@ impl Field {
             Field::StartTime => "(started_at / 1000000)",
             Field::FinishTime => "(finished_at / 1000000)",
             Field::LastModified => "(modified_at / 1000000)",
-            Field::Result => "result",
+            // The file's name as the API shows it: the stored key after its
+            // last '/' (rtrim strips the last segment, whose characters all
+            // occur in the key less its slashes; the same on both stores).
+            // Comparing the key itself would find nothing by the shown name
+            // and order by tenant and task ids instead.
+            Field::Result => "replace(result, rtrim(result, replace(result, '/', '')), '')",
             Field::Attempts => "attempts",
             Field::Version => "version",
         }

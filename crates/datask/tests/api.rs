@@ -1081,6 +1081,13 @@ async fn query_dialect_of_the_first_seed(b: Backend) {
         vec![cols["id"].as_i64().unwrap()],
         "the import with only column errors has no failed-rows file"
     );
+    // `result` is the name the task shows, in conditions and order.
+    let name = export["result"].as_str().unwrap().to_string();
+    let (_, r) = query(&s, "list/task", json!({ "apptoken": t.apptoken, "condition": [["result", "=", name]], "select": ["id", "result"] })).await;
+    assert_eq!(ids(&r), vec![export["id"].as_i64().unwrap()], "{r}");
+    assert_eq!(r["data"][0]["result"], json!(name));
+    let (_, r) = query(&s, "list/task", json!({ "apptoken": t.apptoken, "condition": [["result", ">=", "results/"]] })).await;
+    assert_eq!(ids(&r), Vec::<i64>::new(), "the stored key is not what is compared: {r}");
     let (_, r) = query(
         &s,
         "list/task",
