@@ -225,8 +225,32 @@ pub(crate) fn parse_path_id(raw: &str) -> Result<i64, ApiError> {
 
 /// Parses an ISO 8601 instant; one without an offset is read in `zone`.
 fn parse_instant(field: &str, raw: &str, zone: &jiff::tz::TimeZone) -> Result<Timestamp, ApiError> {
-    if let Ok(t) = raw.parse::<Timestamp>() {
-        return Ok(t);
+    use jiff::fmt::temporal::{Pieces, PiecesOffset};
+    // jiff reads offsets up to ±25:59; no place on Earth is past ±14:00
+    // and ISO 8601 stops at ±18:00, so a larger one is a typing mistake.
+    if let Ok(pieces) = Pieces::parse(raw)
+        && let Some(PiecesOffset::Numeric(offset)) = pieces.offset()
+        && offset.offset().seconds().abs() > 18 * 3600
+    {
+        return Err(ApiError::invalid(
+            field,
+            format!("'{raw}' has a UTC offset past ±18:00"),
+        ));
+    }
+    match raw.parse::<Timestamp>() {
+        Ok(t) => return Ok(t),
+        // A well-formed instant past jiff's range (years -9999 to 9999,
+        // less a day at either end for offsets) is out of range, not
+        // malformed.
+        Err(e) if Pieces::parse(raw).is_ok() && e.to_string().contains("range") => {
+            return Err(ApiError::invalid(
+                field,
+                format!(
+                    "'{raw}' is out of range: times from -009999-01-02 to 9999-12-30 are accepted"
+                ),
+            ));
+        }
+        Err(_) => {}
     }
     if let Ok(dt) = raw.parse::<jiff::civil::DateTime>()
         && let Ok(z) = zone.to_zoned(dt)
@@ -728,5 +752,36 @@ fn map_missing(e: datask_core::StoreError, id: i64) -> ApiError {
     match e {
         datask_core::StoreError::NotFound => not_found(id),
         e => e.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal(raw: &str) -> String {
+        match parse_instant("trigger.once", raw, &jiff::tz::TimeZone::UTC) {
+            Err(ApiError::Invalid { message, .. }) => message,
+            other => panic!("{raw}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn instants_are_refused_for_what_is_wrong_with_them() {
+        let utc = jiff::tz::TimeZone::UTC;
+        for ok in [
+            "2026-01-31T09:00:00Z",
+            "2026-01-31T09:00:00+14:00",
+            "2026-01-31T09:00:00-18:00",
+            "2026-01-31",
+            "2026-01-31T09:00",
+        ] {
+            assert!(parse_instant("f", ok, &utc).is_ok(), "{ok}");
+        }
+        assert!(refusal("2026-01-31T09:00:00+25:00").contains("offset past ±18:00"));
+        assert!(refusal("2026-01-31T09:00:00+18:30").contains("offset past ±18:00"));
+        assert!(refusal("9999-12-31T23:59:59Z").contains("out of range"));
+        assert!(refusal("tomorrow").contains("not an ISO 8601 date-time"));
+        assert!(refusal("2026-02-30T00:00:00Z").contains("not an ISO 8601"));
     }
 }

@@ -1086,8 +1086,17 @@ async fn query_dialect_of_the_first_seed(b: Backend) {
     let (_, r) = query(&s, "list/task", json!({ "apptoken": t.apptoken, "condition": [["result", "=", name]], "select": ["id", "result"] })).await;
     assert_eq!(ids(&r), vec![export["id"].as_i64().unwrap()], "{r}");
     assert_eq!(r["data"][0]["result"], json!(name));
-    let (_, r) = query(&s, "list/task", json!({ "apptoken": t.apptoken, "condition": [["result", ">=", "results/"]] })).await;
-    assert_eq!(ids(&r), Vec::<i64>::new(), "the stored key is not what is compared: {r}");
+    let (_, r) = query(
+        &s,
+        "list/task",
+        json!({ "apptoken": t.apptoken, "condition": [["result", ">=", "results/"]] }),
+    )
+    .await;
+    assert_eq!(
+        ids(&r),
+        Vec::<i64>::new(),
+        "the stored key is not what is compared: {r}"
+    );
     let (_, r) = query(
         &s,
         "list/task",
