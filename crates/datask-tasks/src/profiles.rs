@@ -44,13 +44,20 @@ fn user_in(ids: &[String]) -> Filter {
 /// The profile a target names by `user_id`, `email` or `mobile_number`
 /// (exactly one of them).
 fn profile_key(t: &Map<String, Value>) -> Result<(&'static str, &str), Invalid> {
-    let given: Vec<(&'static str, &str)> = ["user_id", "email", "mobile_number"]
-        .into_iter()
-        .filter_map(|k| match t.get(k) {
-            Some(Value::String(s)) => Some((k, s.as_str())),
-            _ => None,
-        })
-        .collect();
+    let mut given: Vec<(&'static str, &str)> = Vec::new();
+    for k in ["user_id", "email", "mobile_number"] {
+        match t.get(k) {
+            None | Some(Value::Null) => {}
+            Some(Value::String(s)) => given.push((k, s.as_str())),
+            // A number is not a missing value: say what it is.
+            Some(other) => {
+                return Err(Invalid::new(
+                    k,
+                    format!("must be a string, not {other}"),
+                ));
+            }
+        }
+    }
     match given.as_slice() {
         [(k, v)] if !v.is_empty() => Ok((*k, *v)),
         [] => Err(Invalid::new(

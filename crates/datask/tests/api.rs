@@ -312,6 +312,18 @@ async fn bad_requests_name_what_is_wrong(b: Backend) {
             "'tomorrow'",
         ),
         (
+            export(json!({ "trigger": { "once": "2026-01-31T09:00:00+25:00" } })),
+            400,
+            "trigger.once",
+            "±18:00",
+        ),
+        (
+            json!({ "identifier": "profile_export_data", "target": { "user_id": 5 } }),
+            400,
+            "target.user_id",
+            "must be a string, not 5",
+        ),
+        (
             export(json!({ "trigger": { "timezone": "Mars/Base" } })),
             400,
             "trigger.timezone",
