@@ -683,11 +683,28 @@ pub(crate) async fn remove(
 ) -> Result<StatusCode, ApiError> {
     caller.require(Access::Manager)?;
     let id = parse_path_id(&id)?;
+    let task = state
+        .store
+        .get_task(caller.tenant_id, id)
+        .await?
+        .ok_or_else(|| not_found(id))?;
     state
         .store
         .delete_task(caller.tenant_id, id)
         .await
         .map_err(|e| map_missing(e, id))?;
+    // The retention policy runs every day while it is set (SPEC): deleting
+    // its daily task makes a new one; removing the policy is how to stop it.
+    if task.identifier == "cleanup_users"
+        && state
+            .store
+            .profile_settings(caller.tenant_id)
+            .await?
+            .retention
+            .is_some()
+    {
+        crate::settings::schedule_cleanup(&state, caller.tenant_id).await?;
+    }
     // Its files go with it (a profile_export_data result is personal data).
     // The task is gone either way; a file left behind is only logged.
     if let Err(e) = state.files.delete_task_files(caller.tenant_id, id).await {

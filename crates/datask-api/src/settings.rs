@@ -207,7 +207,7 @@ pub const CLEANUP_KEY: &str = "datask:cleanup_users:daily";
 /// `cleanup_users` task (in its time zone, from now); setting a policy again
 /// finds the same task. Removing the policy leaves the task, which then
 /// deletes nothing.
-async fn schedule_cleanup(state: &AppState, tenant: i64) -> Result<(), ApiError> {
+pub(crate) async fn schedule_cleanup(state: &AppState, tenant: i64) -> Result<(), ApiError> {
     let now = jiff::Timestamp::now();
     state
         .store

@@ -51,10 +51,7 @@ fn profile_key(t: &Map<String, Value>) -> Result<(&'static str, &str), Invalid> 
             Some(Value::String(s)) => given.push((k, s.as_str())),
             // A number is not a missing value: say what it is.
             Some(other) => {
-                return Err(Invalid::new(
-                    k,
-                    format!("must be a string, not {other}"),
-                ));
+                return Err(Invalid::new(k, format!("must be a string, not {other}")));
             }
         }
     }
@@ -179,7 +176,8 @@ impl Handler for ProfileExportData {
 pub struct ProfileDeletePersonalData;
 
 fn user_ids(t: &Map<String, Value>) -> Result<Vec<String>, Invalid> {
-    let ids: Vec<String> = match (t.get("user_ids"), t.get("user_id")) {
+    let given = |k| t.get(k).filter(|v| !v.is_null());
+    let mut ids: Vec<String> = match (given("user_ids"), given("user_id")) {
         (Some(Value::Array(items)), None) => items
             .iter()
             .enumerate()
@@ -193,6 +191,18 @@ fn user_ids(t: &Map<String, Value>) -> Result<Vec<String>, Invalid> {
             })
             .collect::<Result<_, _>>()?,
         (None, Some(Value::String(s))) if !s.is_empty() => vec![s.clone()],
+        (None, Some(other)) => {
+            return Err(Invalid::new(
+                "user_id",
+                format!("must be a user id (a non-empty string), not {other}"),
+            ));
+        }
+        (Some(other), None) => {
+            return Err(Invalid::new(
+                "user_ids",
+                format!("must be a list of user ids, not {other}"),
+            ));
+        }
         (None, None) => {
             return Err(Invalid::new(
                 "user_ids",
@@ -212,6 +222,9 @@ fn user_ids(t: &Map<String, Value>) -> Result<Vec<String>, Invalid> {
             format!("must hold 1 to {MAX_PROFILES} user ids"),
         ));
     }
+    // A repeated id is one profile: counted and reported once.
+    let mut seen = std::collections::HashSet::with_capacity(ids.len());
+    ids.retain(|id| seen.insert(id.clone()));
     Ok(ids)
 }
 
@@ -237,14 +250,14 @@ impl Handler for ProfileDeletePersonalData {
             .filter(|a| a.pii)
             .map(|a| a.name.clone())
             .collect();
-        let found: Vec<String> = ctx
+        let found: std::collections::HashSet<String> = ctx
             .store
             .lookup_profiles(tenant, "user_id", ids.clone())
             .await?
             .into_iter()
             .map(|(_, id)| id)
             .collect();
-        let missing: Vec<&String> = ids.iter().filter(|i| !found.contains(i)).collect();
+        let missing: Vec<&String> = ids.iter().filter(|i| !found.contains(*i)).collect();
         ctx.checkpoint()?;
         let mine = user_in(&ids);
         let devices = ctx.store.delete_rows(tenant, &DEVICES, &mine).await?;

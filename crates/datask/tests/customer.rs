@@ -700,7 +700,7 @@ async fn messages_and_personal_data(b: Backend) {
     );
 
     // Erase u1 and u3: PII and PII attributes go, devices and memberships go, sends stay.
-    let done = run(&s, &t, json!({ "identifier": "profile_delete_personal_data", "target": { "user_ids": ["u1", "u3", "u404"] } })).await;
+    let done = run(&s, &t, json!({ "identifier": "profile_delete_personal_data", "target": { "user_ids": ["u1", "u3", "u404", "u1", "u404"] } })).await;
     assert_eq!(done["state"]["code"], "DONE", "{done}");
     assert_eq!(
         done["output"],
@@ -775,6 +775,18 @@ async fn messages_and_personal_data(b: Backend) {
         ["u1", "u2", "u3", "u4"],
         "u5 and u6 were inactive since 2020"
     );
+    // While the policy is set, deleting its daily task makes a new one.
+    let (status, _) = s
+        .call("DELETE", &format!("/tasks/{id}"), &t.key, None)
+        .await;
+    assert_eq!(status, 204);
+    let (_, list) = s
+        .call("GET", "/tasks?identifier=cleanup_users", &t.key, None)
+        .await;
+    let tasks = list["tasks"].as_array().unwrap();
+    assert_eq!(tasks.len(), 1, "{list}");
+    assert_ne!(tasks[0]["id"], json!(id));
+    assert_eq!(tasks[0]["trigger"]["repeat"], "daily");
     s.stop().await;
 }
 
