@@ -347,6 +347,11 @@ fn parse_node(
         })
     };
     Ok(match *op {
+        // A value here is a misunderstanding (`is_null: false`?): refused
+        // rather than silently ignored.
+        "is_null" | "not_null" if !value.is_null() => {
+            return Err(err(&vpath, format!("'{op}' takes no value")));
+        }
         "is_null" | "not_null" => Filter::Null {
             column,
             negated: *op == "not_null",
@@ -768,6 +773,11 @@ mod tests {
                 "unknown key",
             ),
             (json!([1]), "segment", "expected an object"),
+            (
+                json!({"field": "email", "op": "is_null", "value": false}),
+                "segment.value",
+                "takes no value",
+            ),
         ];
         for (seg, path, needle) in cases {
             let e = parse(&USERS, &seg, "segment", Timestamp::UNIX_EPOCH).unwrap_err();
