@@ -1,6 +1,6 @@
 //! Administration with the root key.
 
-use axum::extract::Path;
+use crate::path::PathArgs;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{post, put};
@@ -67,7 +67,7 @@ pub(crate) struct SetMember {
 pub(crate) async fn set_member(
     _root: Root,
     State(state): State<AppState>,
-    Path((tenant, user)): Path<(String, String)>,
+    PathArgs((tenant, user)): PathArgs<(String, String)>,
     JsonBody(body): JsonBody<SetMember>,
 ) -> Result<Json<Value>, ApiError> {
     let tenant: i64 = tenant

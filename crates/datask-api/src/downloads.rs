@@ -2,8 +2,9 @@
 
 use std::sync::Arc;
 
+use crate::path::PathArgs;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -80,7 +81,7 @@ pub fn router() -> Router<AppState> {
 pub(crate) async fn download_url(
     caller: Caller,
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathArgs(id): PathArgs<String>,
 ) -> Result<Json<Value>, ApiError> {
     let id = crate::rest::parse_path_id(&id)?;
     let task = state
@@ -128,7 +129,7 @@ fn forbidden() -> ApiError {
     ))]
 pub(crate) async fn download(
     State(state): State<AppState>,
-    Path((tenant, task, fence, name)): Path<(String, String, String, String)>,
+    PathArgs((tenant, task, fence, name)): PathArgs<(String, String, String, String)>,
     query: Result<QueryParams, ApiError>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {

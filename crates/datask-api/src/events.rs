@@ -6,8 +6,9 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
+use crate::path::PathArgs;
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::routing::get;
 use futures::Stream;
@@ -34,7 +35,7 @@ pub fn router() -> Router<AppState> {
 pub(crate) async fn events(
     caller: Caller,
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathArgs(id): PathArgs<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let id = crate::rest::parse_path_id(&id)?;
     let first = state

@@ -10,6 +10,7 @@ mod error;
 mod events;
 mod external;
 pub mod openapi;
+mod path;
 mod render;
 mod rest;
 mod segments;

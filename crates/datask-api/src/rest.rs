@@ -1,6 +1,7 @@
 //! The REST task API (second seed): `/tasks` and its actions.
 
-use axum::extract::{Path, State};
+use crate::path::PathArgs;
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -612,7 +613,7 @@ pub(crate) async fn list(
 pub(crate) async fn read(
     caller: Caller,
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathArgs(id): PathArgs<String>,
 ) -> Result<Json<Value>, ApiError> {
     let id = parse_path_id(&id)?;
     let task = state
@@ -634,7 +635,7 @@ pub(crate) async fn read(
 pub(crate) async fn update(
     caller: Caller,
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathArgs(id): PathArgs<String>,
     JsonBody(input): JsonBody<TaskInput>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(Access::Operator)?;
@@ -679,7 +680,7 @@ pub(crate) async fn update(
 pub(crate) async fn remove(
     caller: Caller,
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathArgs(id): PathArgs<String>,
 ) -> Result<StatusCode, ApiError> {
     caller.require(Access::Manager)?;
     let id = parse_path_id(&id)?;
@@ -724,7 +725,7 @@ pub(crate) async fn remove(
 pub(crate) async fn execute(
     caller: Caller,
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathArgs(id): PathArgs<String>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(Access::Operator)?;
     let id = parse_path_id(&id)?;
@@ -748,7 +749,7 @@ pub(crate) async fn execute(
 pub(crate) async fn cancel(
     caller: Caller,
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathArgs(id): PathArgs<String>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(Access::Operator)?;
     let id = parse_path_id(&id)?;

@@ -3,7 +3,8 @@
 //! A filter is checked against the tenant's attribute schema when saved,
 //! so a mistake is a 400 naming its place (`filter.all[0].field`).
 
-use axum::extract::{Path, State};
+use crate::path::PathArgs;
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
@@ -145,7 +146,7 @@ pub(crate) async fn create(
 pub(crate) async fn read(
     caller: Caller,
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathArgs(id): PathArgs<String>,
 ) -> Result<Json<SegmentView>, ApiError> {
     caller.require(Access::Viewer)?;
     let id = segment_id(&id)?;
@@ -166,7 +167,7 @@ pub(crate) async fn read(
 pub(crate) async fn update(
     caller: Caller,
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathArgs(id): PathArgs<String>,
     JsonBody(input): JsonBody<SegmentInput>,
 ) -> Result<Json<SegmentView>, ApiError> {
     caller.require(Access::Manager)?;
@@ -195,7 +196,7 @@ pub(crate) async fn update(
 pub(crate) async fn remove(
     caller: Caller,
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathArgs(id): PathArgs<String>,
 ) -> Result<StatusCode, ApiError> {
     caller.require(Access::Manager)?;
     let id = segment_id(&id)?;

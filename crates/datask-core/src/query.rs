@@ -263,8 +263,11 @@ mod tests {
         let (w, o, p) = q.to_sql(2, |n| format!("${n}"));
         assert_eq!(
             w,
-            "identifier = $2 AND (finished_at / 1000000) > $3 AND (CASE state WHEN 'READY' THEN 0 WHEN 'INPROGRESS' THEN 1 \
-             WHEN 'DONE' THEN 2 WHEN 'ERROR' THEN 3 WHEN 'FATAL' THEN 4 ELSE 5 END) IN ($4, $5) AND result IS NOT NULL"
+            format!(
+                "identifier = $2 AND (finished_at / 1000000) > $3 AND (CASE state WHEN 'READY' THEN 0 WHEN 'INPROGRESS' THEN 1 \
+                 WHEN 'DONE' THEN 2 WHEN 'ERROR' THEN 3 WHEN 'FATAL' THEN 4 ELSE 5 END) IN ($4, $5) AND {} IS NOT NULL",
+                Field::Result.sql()
+            )
         );
         assert_eq!(o, "(created_at / 1000000) DESC, id DESC");
         assert_eq!(p.len(), 4);

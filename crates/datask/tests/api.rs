@@ -255,6 +255,7 @@ async fn import_reports_rejected_rows_and_failed_rows_file(b: Backend) {
 async fn import_dry_run_writes_nothing(b: Backend) {
     let s = start(b).await;
     let t = s.tenant("shop").await;
+    s.synth_attributes(&t).await;
     let upload = s
         .upload(&t.key, "u.csv", synth_csv(&index::USERS, 50, 3))
         .await;
@@ -461,6 +462,13 @@ async fn bad_requests_name_what_is_wrong(b: Backend) {
     assert_eq!(status, 413);
     let (status, body) = s.call("GET", "/tasks/abc", &t.key, None).await;
     assert_eq!((status, body["error"]["field"].as_str()), (400, Some("id")));
+    // Not UTF-8 once decoded: still the API's error shape, naming the path.
+    let (status, body) = s.call("GET", "/tasks/%ff", &t.key, None).await;
+    assert_eq!(
+        (status, body["error"]["field"].as_str()),
+        (400, Some("path")),
+        "{body}"
+    );
     let (status, body) = s.call("GET", "/tasks?state=SLEEPING", &t.key, None).await;
     assert_eq!(
         (status, body["error"]["field"].as_str()),
@@ -933,6 +941,7 @@ async fn uploads_refuse_binary_and_empty_files(b: Backend) {
 async fn events_stream_until_the_task_finishes(b: Backend) {
     let s = start(b).await;
     let t = s.tenant("shop").await;
+    s.synth_attributes(&t).await;
     s.import(&t, "users", synth_csv(&index::USERS, 2_000, 9))
         .await;
     let task = s.create(&t.key, json!({ "target": { "action": "export", "export_index": "users", "export_format": "csv" } })).await;

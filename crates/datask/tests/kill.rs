@@ -146,7 +146,16 @@ fn normalized(bytes: &[u8]) -> Vec<Vec<String>> {
             rec.unwrap()
                 .iter()
                 .map(|c| match serde_json::from_str::<Value>(c) {
-                    Ok(v @ Value::Object(_)) => v.to_string(),
+                    // Attribute objects: numbers are stored as numbers
+                    // (5 comes back as 5.0).
+                    Ok(Value::Object(mut o)) => {
+                        for v in o.values_mut() {
+                            if let Some(f) = v.as_f64() {
+                                *v = json!(f);
+                            }
+                        }
+                        Value::Object(o).to_string()
+                    }
                     _ => c.to_string(),
                 })
                 .collect()
@@ -181,6 +190,16 @@ async fn started(backend: Backend, name: &str) -> Started {
         "/admin/tenants",
         common::ROOT_KEY,
         Some(json!({ "name": name })),
+    )
+    .await;
+    // The attributes of the generated users.
+    call(
+        &http,
+        &p.url,
+        "PUT",
+        "/settings",
+        tenant["privileged_key"].as_str().unwrap(),
+        Some(common::synth_settings()),
     )
     .await;
     Started {

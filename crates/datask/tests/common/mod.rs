@@ -162,6 +162,16 @@ impl TestServer {
         out
     }
 
+    /// Declares the custom attributes that `synth_csv` writes into the
+    /// users' `attributes` objects (`tier`, `points`), as a tenant must
+    /// before importing them.
+    pub async fn synth_attributes(&self, t: &Tenant) {
+        let (status, body) = self
+            .call("PUT", "/settings", &t.key, Some(synth_settings()))
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+
     pub async fn stop(mut self) {
         self.shutdown.cancel();
         if let Some(h) = self.handle.take() {
@@ -272,6 +282,14 @@ impl TestServer {
         assert_eq!(resp.status(), 200);
         resp.bytes().await.unwrap().to_vec()
     }
+}
+
+/// The settings declaring the attributes of `synth_csv`'s users.
+pub fn synth_settings() -> Value {
+    json!({ "attributes": [
+        { "name": "tier", "type": "string" },
+        { "name": "points", "type": "number" }
+    ] })
 }
 
 pub fn synth_csv(index: &datask_core::index::IndexDef, rows: u64, seed: u64) -> Vec<u8> {
