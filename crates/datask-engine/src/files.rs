@@ -4,7 +4,9 @@
 
 use std::ops::Range;
 use std::path::Path as FsPath;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -13,6 +15,7 @@ use object_store::buffered::BufWriter;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
@@ -74,9 +77,14 @@ impl FileStore {
     /// Past one part's size it writes in parts; at most two in flight, so a
     /// writer faster than the disk (or the network) waits instead of
     /// queueing parts in memory.
-    pub fn writer(&self, key: &str) -> BufWriter {
-        BufWriter::with_capacity(self.inner.clone(), Path::from(key), self.part_size)
-            .with_max_concurrency(2)
+    pub fn writer(&self, key: &str) -> FileWriter {
+        FileWriter {
+            inner: Some(
+                BufWriter::with_capacity(self.inner.clone(), Path::from(key), self.part_size)
+                    .with_max_concurrency(2),
+            ),
+            shutting_down: false,
+        }
     }
 
     pub async fn size(&self, key: &str) -> Result<u64, FileError> {
@@ -108,10 +116,110 @@ impl FileStore {
     }
 }
 
+/// A file being written: `write_all` then `shutdown` publishes it, `abort`
+/// (or dropping it unfinished) throws it away.
+///
+/// It wraps object_store's `BufWriter` for two reasons: a dropped
+/// `BufWriter` leaves an S3 multipart upload open (its parts stay stored,
+/// invisible, until a lifecycle rule removes them), and its `abort` panics
+/// once `shutdown` has begun, which is exactly when a caller that saw
+/// `shutdown` fail would call it.
+pub struct FileWriter {
+    /// None once published or aborted.
+    inner: Option<BufWriter>,
+    /// `shutdown` has begun: from then on the object is being published and
+    /// object_store cleans up itself if that fails.
+    shutting_down: bool,
+}
+
+impl std::fmt::Debug for FileWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileWriter")
+            .field("open", &self.inner.is_some())
+            .field("shutting_down", &self.shutting_down)
+            .finish()
+    }
+}
+
+impl FileWriter {
+    /// Throws the file away, with any parts already sent. A no-op once
+    /// `shutdown` has begun: a failed completion aborts its own upload.
+    pub async fn abort(&mut self) -> Result<(), FileError> {
+        if self.shutting_down {
+            return Ok(());
+        }
+        let Some(mut w) = self.inner.take() else {
+            return Ok(());
+        };
+        abort(&mut w).await
+    }
+}
+
+/// A `BufWriter` still creating its multipart upload would abort nothing
+/// and leave the upload behind once created: flushing first finishes that.
+async fn abort(w: &mut BufWriter) -> Result<(), FileError> {
+    w.flush().await?;
+    w.abort().await?;
+    Ok(())
+}
+
+impl Drop for FileWriter {
+    fn drop(&mut self) {
+        if self.shutting_down {
+            return;
+        }
+        // Dropped unfinished (an error path that skipped `abort`, or a task
+        // cancelled mid-write): abort in the background, as object_store's
+        // local upload does with its staging file.
+        if let Some(mut w) = self.inner.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(async move {
+                if let Err(e) = abort(&mut w).await {
+                    tracing::warn!("aborting an unfinished file: {e}");
+                }
+            });
+        }
+    }
+}
+
+impl AsyncWrite for FileWriter {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.inner.as_mut() {
+            Some(w) => Pin::new(w).poll_write(cx, buf),
+            None => Poll::Ready(Err(finished())),
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.inner.as_mut() {
+            Some(w) => Pin::new(w).poll_flush(cx),
+            None => Poll::Ready(Err(finished())),
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.shutting_down = true;
+        let Some(w) = self.inner.as_mut() else {
+            return Poll::Ready(Err(finished()));
+        };
+        let done = std::task::ready!(Pin::new(w).poll_shutdown(cx));
+        self.inner = None;
+        Poll::Ready(done)
+    }
+}
+
+fn finished() -> std::io::Error {
+    std::io::Error::other("the file was already published or aborted")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncWriteExt;
 
     /// Several parts' worth, written in pieces that straddle part bounds:
     /// nothing is visible until `shutdown`, then all of it, in order; an
@@ -152,5 +260,25 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(left, vec!["a.csv"]);
+    }
+
+    /// A caller that saw `shutdown` fail aborts; object_store's own writer
+    /// panics there ("Already shut down"), ours does nothing.
+    #[tokio::test]
+    async fn abort_after_a_failed_shutdown_is_harmless() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = FileStore::local(dir.path()).unwrap();
+        let mut w = files.writer("a");
+        w.write_all(b"x").await.unwrap();
+        w.shutdown().await.unwrap();
+        // "a" is a file, so nothing can be created under it.
+        let mut w = files.writer("a/b");
+        w.write_all(b"y").await.unwrap();
+        assert!(w.shutdown().await.is_err());
+        w.abort().await.unwrap();
+        assert!(matches!(
+            files.size("a/b").await,
+            Err(FileError::NotFound) | Err(FileError::Store(_))
+        ));
     }
 }
