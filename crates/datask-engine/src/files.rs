@@ -1,19 +1,25 @@
 //! Result and upload files behind `object_store`: a local directory by
-//! default. Writers publish atomically: a local write goes to a staging
-//! file renamed on completion, so nothing half-written is ever visible.
+//! default, or an S3-compatible bucket. Writers publish atomically: a local
+//! write goes to a staging file renamed on completion, an S3 write is a
+//! multipart upload that becomes visible only when completed, so nothing
+//! half-written is ever visible.
 
 use std::ops::Range;
 use std::path::Path as FsPath;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
+use object_store::aws::AmazonS3Builder;
 use object_store::buffered::BufWriter;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
+use object_store::prefix::PrefixStore;
+use object_store::signer::{Method, Signer};
 use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
@@ -23,6 +29,8 @@ pub enum FileError {
     NotFound,
     #[error("the requested range is not satisfiable")]
     BadRange,
+    #[error("file store URL {url:?}: {reason}")]
+    BadUrl { url: String, reason: &'static str },
     #[error("file store: {0}")]
     Store(#[source] object_store::Error),
     #[error("file store i/o: {0}")]
@@ -39,12 +47,27 @@ impl From<object_store::Error> for FileError {
 }
 
 const LOCAL_PART_SIZE: usize = 1 << 20;
+/// S3 refuses parts under 5 MiB (all but the last). At most 10,000 parts
+/// per upload caps an object at about 48 GiB, far above the upload limit.
+const S3_PART_SIZE: usize = 5 << 20;
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct FileStore {
     inner: Arc<dyn ObjectStore>,
+    /// The store's own URL signer; None for a local directory, whose links
+    /// the API signs and serves itself.
+    signer: Option<Arc<dyn Signer>>,
     /// Bytes a writer gathers before it hands them on as one part.
     part_size: usize,
+}
+
+impl std::fmt::Debug for FileStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileStore")
+            .field("inner", &self.inner)
+            .field("presigns", &self.signer.is_some())
+            .finish()
+    }
 }
 
 impl FileStore {
@@ -54,12 +77,49 @@ impl FileStore {
         let fs = LocalFileSystem::new_with_prefix(dir)?;
         Ok(FileStore {
             inner: Arc::new(fs),
+            signer: None,
             // A local part is one write at an offset of the staging file:
             // small parts cost nothing in speed and keep a writer's memory
             // small (peak of a 3M-row upload and import: 110 → 96 MB against
-            // 8 MiB parts). An S3-compatible store will need ≥ 5 MiB.
+            // 8 MiB parts).
             part_size: LOCAL_PART_SIZE,
         })
+    }
+
+    /// An S3-compatible bucket, `s3://bucket[/prefix]`, every key under the
+    /// prefix. Endpoint, region and credentials come from the usual `AWS_*`
+    /// environment (`AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY`, `AWS_ALLOW_HTTP`, …). Nothing is contacted
+    /// here; `check` does that.
+    pub fn s3(url: &str) -> Result<Self, FileError> {
+        let bad = |reason| FileError::BadUrl {
+            url: url.to_string(),
+            reason,
+        };
+        let rest = url
+            .strip_prefix("s3://")
+            .ok_or_else(|| bad("expected s3://bucket[/prefix]"))?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(bad("the bucket name is missing"));
+        }
+        let s3 = AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .build()?;
+        // The prefix applies to signed URLs too: PrefixStore signs the full key.
+        let store = Arc::new(PrefixStore::new(s3, Path::from(prefix)));
+        Ok(FileStore {
+            inner: store.clone(),
+            signer: Some(store),
+            part_size: S3_PART_SIZE,
+        })
+    }
+
+    /// Fails unless the store answers: a wrong bucket, endpoint or
+    /// credential is reported at start-up rather than at the first upload.
+    pub async fn check(&self) -> Result<(), FileError> {
+        self.inner.list_with_delimiter(None).await?;
+        Ok(())
     }
 
     /// Key of an upload's bytes.
@@ -85,6 +145,22 @@ impl FileStore {
             ),
             shutting_down: false,
         }
+    }
+
+    /// The store's own presigned GET URL of `key`, valid for `ttl`; None
+    /// for a local directory.
+    pub async fn presigned_get(
+        &self,
+        key: &str,
+        ttl: Duration,
+    ) -> Result<Option<String>, FileError> {
+        let Some(signer) = &self.signer else {
+            return Ok(None);
+        };
+        let url = signer
+            .signed_url(Method::GET, &Path::from(key), ttl)
+            .await?;
+        Ok(Some(url.to_string()))
     }
 
     pub async fn size(&self, key: &str) -> Result<u64, FileError> {
