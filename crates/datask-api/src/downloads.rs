@@ -95,7 +95,15 @@ pub(crate) async fn download_url(
             task.state
         )));
     };
-    let expires = Timestamp::now().as_second() + state.config.download_ttl.as_secs() as i64;
+    let ttl = state.config.download_ttl;
+    let expires = Timestamp::now().as_second() + ttl.as_secs() as i64;
+    let expires_at =
+        Timestamp::from_second(expires).map_err(|e| ApiError::Internal(e.to_string()))?;
+    // An object store that signs its own URLs serves the file itself: the
+    // bytes never pass through this server.
+    if let Some(url) = state.files.presigned_get(&key, ttl).await? {
+        return Ok(Json(json!({ "url": url, "expires_at": expires_at })));
+    }
     // key = results/<tenant>/<task>/<fence>/<name>
     let rest = key
         .strip_prefix(&format!("results/{}/{}/", task.tenant_id, task.id))
@@ -107,8 +115,6 @@ pub(crate) async fn download_url(
         task.tenant_id,
         task.id
     );
-    let expires_at =
-        Timestamp::from_second(expires).map_err(|e| ApiError::Internal(e.to_string()))?;
     Ok(Json(json!({ "url": url, "expires_at": expires_at })))
 }
 

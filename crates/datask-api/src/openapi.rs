@@ -39,7 +39,10 @@ pub struct UploadAnswer {
 
 #[derive(Serialize, ToSchema)]
 pub struct DownloadUrl {
-    /// Signed over tenant, task, file and expiry.
+    /// A link that needs no credentials until `expires_at`: on the local file
+    /// store this server's `/downloads/…` link, signed over tenant, task, file
+    /// and expiry; on an S3-compatible store (`--files s3://…`) the store's own
+    /// presigned GET URL, served by the store.
     pub url: String,
     pub expires_at: String,
 }

@@ -1,18 +1,27 @@
 //! Result and upload files behind `object_store`: a local directory by
-//! default. Writers publish atomically: a local write goes to a staging
-//! file renamed on completion, so nothing half-written is ever visible.
+//! default, or an S3-compatible bucket. Writers publish atomically: a local
+//! write goes to a staging file renamed on completion, an S3 write is a
+//! multipart upload that becomes visible only when completed, so nothing
+//! half-written is ever visible.
 
 use std::ops::Range;
 use std::path::Path as FsPath;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
+use object_store::aws::AmazonS3Builder;
 use object_store::buffered::BufWriter;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
+use object_store::prefix::PrefixStore;
+use object_store::signer::{Method, Signer};
 use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
@@ -20,6 +29,8 @@ pub enum FileError {
     NotFound,
     #[error("the requested range is not satisfiable")]
     BadRange,
+    #[error("file store URL {url:?}: {reason}")]
+    BadUrl { url: String, reason: &'static str },
     #[error("file store: {0}")]
     Store(#[source] object_store::Error),
     #[error("file store i/o: {0}")]
@@ -36,12 +47,27 @@ impl From<object_store::Error> for FileError {
 }
 
 const LOCAL_PART_SIZE: usize = 1 << 20;
+/// S3 refuses parts under 5 MiB (all but the last). At most 10,000 parts
+/// per upload caps an object at about 48 GiB, far above the upload limit.
+const S3_PART_SIZE: usize = 5 << 20;
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct FileStore {
     inner: Arc<dyn ObjectStore>,
+    /// The store's own URL signer; None for a local directory, whose links
+    /// the API signs and serves itself.
+    signer: Option<Arc<dyn Signer>>,
     /// Bytes a writer gathers before it hands them on as one part.
     part_size: usize,
+}
+
+impl std::fmt::Debug for FileStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileStore")
+            .field("inner", &self.inner)
+            .field("presigns", &self.signer.is_some())
+            .finish()
+    }
 }
 
 impl FileStore {
@@ -56,12 +82,49 @@ impl FileStore {
             .with_automatic_cleanup(true);
         Ok(FileStore {
             inner: Arc::new(fs),
+            signer: None,
             // A local part is one write at an offset of the staging file:
             // small parts cost nothing in speed and keep a writer's memory
             // small (peak of a 3M-row upload and import: 110 → 96 MB against
-            // 8 MiB parts). An S3-compatible store will need ≥ 5 MiB.
+            // 8 MiB parts).
             part_size: LOCAL_PART_SIZE,
         })
+    }
+
+    /// An S3-compatible bucket, `s3://bucket[/prefix]`, every key under the
+    /// prefix. Endpoint, region and credentials come from the usual `AWS_*`
+    /// environment (`AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY`, `AWS_ALLOW_HTTP`, …). Nothing is contacted
+    /// here; `check` does that.
+    pub fn s3(url: &str) -> Result<Self, FileError> {
+        let bad = |reason| FileError::BadUrl {
+            url: url.to_string(),
+            reason,
+        };
+        let rest = url
+            .strip_prefix("s3://")
+            .ok_or_else(|| bad("expected s3://bucket[/prefix]"))?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(bad("the bucket name is missing"));
+        }
+        let s3 = AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .build()?;
+        // The prefix applies to signed URLs too: PrefixStore signs the full key.
+        let store = Arc::new(PrefixStore::new(s3, Path::from(prefix)));
+        Ok(FileStore {
+            inner: store.clone(),
+            signer: Some(store),
+            part_size: S3_PART_SIZE,
+        })
+    }
+
+    /// Fails unless the store answers: a wrong bucket, endpoint or
+    /// credential is reported at start-up rather than at the first upload.
+    pub async fn check(&self) -> Result<(), FileError> {
+        self.inner.list_with_delimiter(None).await?;
+        Ok(())
     }
 
     /// Key of an upload's bytes.
@@ -136,9 +199,30 @@ impl FileStore {
     /// Past one part's size it writes in parts; at most two in flight, so a
     /// writer faster than the disk (or the network) waits instead of
     /// queueing parts in memory.
-    pub fn writer(&self, key: &str) -> BufWriter {
-        BufWriter::with_capacity(self.inner.clone(), Path::from(key), self.part_size)
-            .with_max_concurrency(2)
+    pub fn writer(&self, key: &str) -> FileWriter {
+        FileWriter {
+            inner: Some(
+                BufWriter::with_capacity(self.inner.clone(), Path::from(key), self.part_size)
+                    .with_max_concurrency(2),
+            ),
+            shutting_down: false,
+        }
+    }
+
+    /// The store's own presigned GET URL of `key`, valid for `ttl`; None
+    /// for a local directory.
+    pub async fn presigned_get(
+        &self,
+        key: &str,
+        ttl: Duration,
+    ) -> Result<Option<String>, FileError> {
+        let Some(signer) = &self.signer else {
+            return Ok(None);
+        };
+        let url = signer
+            .signed_url(Method::GET, &Path::from(key), ttl)
+            .await?;
+        Ok(Some(url.to_string()))
     }
 
     pub async fn size(&self, key: &str) -> Result<u64, FileError> {
@@ -170,10 +254,110 @@ impl FileStore {
     }
 }
 
+/// A file being written: `write_all` then `shutdown` publishes it, `abort`
+/// (or dropping it unfinished) throws it away.
+///
+/// It wraps object_store's `BufWriter` for two reasons: a dropped
+/// `BufWriter` leaves an S3 multipart upload open (its parts stay stored,
+/// invisible, until a lifecycle rule removes them), and its `abort` panics
+/// once `shutdown` has begun, which is exactly when a caller that saw
+/// `shutdown` fail would call it.
+pub struct FileWriter {
+    /// None once published or aborted.
+    inner: Option<BufWriter>,
+    /// `shutdown` has begun: from then on the object is being published and
+    /// object_store cleans up itself if that fails.
+    shutting_down: bool,
+}
+
+impl std::fmt::Debug for FileWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileWriter")
+            .field("open", &self.inner.is_some())
+            .field("shutting_down", &self.shutting_down)
+            .finish()
+    }
+}
+
+impl FileWriter {
+    /// Throws the file away, with any parts already sent. A no-op once
+    /// `shutdown` has begun: a failed completion aborts its own upload.
+    pub async fn abort(&mut self) -> Result<(), FileError> {
+        if self.shutting_down {
+            return Ok(());
+        }
+        let Some(mut w) = self.inner.take() else {
+            return Ok(());
+        };
+        abort(&mut w).await
+    }
+}
+
+/// A `BufWriter` still creating its multipart upload would abort nothing
+/// and leave the upload behind once created: flushing first finishes that.
+async fn abort(w: &mut BufWriter) -> Result<(), FileError> {
+    w.flush().await?;
+    w.abort().await?;
+    Ok(())
+}
+
+impl Drop for FileWriter {
+    fn drop(&mut self) {
+        if self.shutting_down {
+            return;
+        }
+        // Dropped unfinished (an error path that skipped `abort`, or a task
+        // cancelled mid-write): abort in the background, as object_store's
+        // local upload does with its staging file.
+        if let Some(mut w) = self.inner.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(async move {
+                if let Err(e) = abort(&mut w).await {
+                    tracing::warn!("aborting an unfinished file: {e}");
+                }
+            });
+        }
+    }
+}
+
+impl AsyncWrite for FileWriter {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.inner.as_mut() {
+            Some(w) => Pin::new(w).poll_write(cx, buf),
+            None => Poll::Ready(Err(finished())),
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.inner.as_mut() {
+            Some(w) => Pin::new(w).poll_flush(cx),
+            None => Poll::Ready(Err(finished())),
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.shutting_down = true;
+        let Some(w) = self.inner.as_mut() else {
+            return Poll::Ready(Err(finished()));
+        };
+        let done = std::task::ready!(Pin::new(w).poll_shutdown(cx));
+        self.inner = None;
+        Poll::Ready(done)
+    }
+}
+
+fn finished() -> std::io::Error {
+    std::io::Error::other("the file was already published or aborted")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncWriteExt;
 
     /// Several parts' worth, written in pieces that straddle part bounds:
     /// nothing is visible until `shutdown`, then all of it, in order; an
@@ -214,5 +398,25 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(left, vec!["a.csv"]);
+    }
+
+    /// A caller that saw `shutdown` fail aborts; object_store's own writer
+    /// panics there ("Already shut down"), ours does nothing.
+    #[tokio::test]
+    async fn abort_after_a_failed_shutdown_is_harmless() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = FileStore::local(dir.path()).unwrap();
+        let mut w = files.writer("a");
+        w.write_all(b"x").await.unwrap();
+        w.shutdown().await.unwrap();
+        // "a" is a file, so nothing can be created under it.
+        let mut w = files.writer("a/b");
+        w.write_all(b"y").await.unwrap();
+        assert!(w.shutdown().await.is_err());
+        w.abort().await.unwrap();
+        assert!(matches!(
+            files.size("a/b").await,
+            Err(FileError::NotFound) | Err(FileError::Store(_))
+        ));
     }
 }

@@ -57,9 +57,22 @@ async fn open_sqlite(path: &Path) -> anyhow::Result<Arc<dyn Store>> {
     Ok(Arc::new(store))
 }
 
-pub fn open_files(data_dir: &Path) -> anyhow::Result<FileStore> {
-    FileStore::local(&data_dir.join("files"))
-        .with_context(|| format!("opening the file store in {}", data_dir.display()))
+/// The file store: `s3://bucket[/prefix]` (endpoint and credentials from
+/// the `AWS_*` environment) or, by default, `files/` in the data directory.
+pub async fn open_files(data_dir: &Path, files: Option<&str>) -> anyhow::Result<FileStore> {
+    // An empty DATASK_FILES means "not set", as for the database URL.
+    match files.map(str::trim).filter(|u| !u.is_empty()) {
+        Some(url) => {
+            let store = FileStore::s3(url)?;
+            store
+                .check()
+                .await
+                .with_context(|| format!("reaching the file store {url}"))?;
+            Ok(store)
+        }
+        None => FileStore::local(&data_dir.join("files"))
+            .with_context(|| format!("opening the file store in {}", data_dir.display())),
+    }
 }
 
 /// The signing key for download links: given, or kept in the data directory

@@ -39,6 +39,10 @@ struct StoreArgs {
     /// `postgres://…` to use PostgreSQL (many nodes); SQLite in --data-dir otherwise.
     #[arg(long, env = "DATASK_DATABASE_URL")]
     database_url: Option<String>,
+    /// `s3://bucket[/prefix]` for result and upload files on an S3-compatible store
+    /// (endpoint and credentials from AWS_*); `files/` in --data-dir otherwise.
+    #[arg(long, env = "DATASK_FILES")]
+    files: Option<String>,
 }
 
 #[derive(Args, Clone)]
@@ -128,7 +132,7 @@ async fn run() -> anyhow::Result<()> {
         }
         Command::Worker(args) => {
             let store = app::open_store(&args.store.options()).await?;
-            let files = app::open_files(&args.store.data_dir)?;
+            let files = app::open_files(&args.store.data_dir, args.store.files.as_deref()).await?;
             let e = &args.engine;
             let server = Server {
                 store,
@@ -148,7 +152,7 @@ async fn run() -> anyhow::Result<()> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let store = app::open_store(&args.store.options()).await?;
-    let files = app::open_files(&args.store.data_dir)?;
+    let files = app::open_files(&args.store.data_dir, args.store.files.as_deref()).await?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;

@@ -1,5 +1,6 @@
 //! A real server on a loopback port, on a real SQLite file or a fresh
-//! PostgreSQL database, driven over HTTP.
+//! PostgreSQL database, with files in its directory or on a real
+//! S3-compatible server, driven over HTTP.
 
 #![allow(dead_code)]
 
@@ -33,6 +34,29 @@ pub fn pg_url() -> Option<String> {
             None
         }
     }
+}
+
+/// `s3://bucket` of the S3-compatible server of this test run (its endpoint
+/// and credentials in the `AWS_*` environment), or None (with a note) when
+/// the run has none and does not require one.
+pub fn s3_url() -> Option<String> {
+    match std::env::var("DATASK_TEST_S3_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            if std::env::var("DATASK_REQUIRE_S3").as_deref() == Ok("1") {
+                panic!("DATASK_REQUIRE_S3=1 but DATASK_TEST_S3_URL is not set");
+            }
+            eprintln!("skipped: DATASK_TEST_S3_URL not set");
+            None
+        }
+    }
+}
+
+/// `--files` for a server of its own on the run's S3 server: a fresh
+/// prefix, since every test's database numbers its tenants and tasks from 1
+/// and their result keys would otherwise collide.
+pub fn s3_files() -> Option<String> {
+    s3_url().map(|bucket| format!("{bucket}/e2e-{:016x}", rand::random::<u64>()))
 }
 
 /// Runs a test body once per backend (each test binary has its own
@@ -77,6 +101,9 @@ pub struct Options {
     pub download_ttl: Duration,
     pub max_json_bytes: usize,
     pub max_upload_bytes: u64,
+    /// `--files`: an `s3://bucket/prefix` URL (see `s3_files`); the server's
+    /// directory when None.
+    pub files: Option<String>,
 }
 
 impl Default for Options {
@@ -85,6 +112,7 @@ impl Default for Options {
             download_ttl: Duration::from_secs(900),
             max_json_bytes: 64 * 1024,
             max_upload_bytes: 64 << 20,
+            files: None,
         }
     }
 }
@@ -107,7 +135,9 @@ pub async fn start_with(backend: Backend, opts: Options) -> TestServer {
             Arc::new(datask_store_postgres::testing::fresh_store(&pg_url().unwrap()).await)
         }
     };
-    let files = app::open_files(dir.path()).unwrap();
+    let files = app::open_files(dir.path(), opts.files.as_deref())
+        .await
+        .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let config = ApiConfig {

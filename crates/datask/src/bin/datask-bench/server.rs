@@ -41,7 +41,7 @@ pub async fn open_fresh(
         database_url,
     })
     .await?;
-    let files = app::open_files(dir.path())?;
+    let files = app::open_files(dir.path(), None).await?;
     Ok((dir, store, files))
 }
 
