@@ -191,6 +191,31 @@ try {
     check(await page.isDisabled("#cancel"), "cancel is still offered after cancelling");
   });
 
+  await step("progress bar and ETA of a running task, then its real end", async () => {
+    // Tasks here finish too fast to be seen running, so this one stream is
+    // answered by the test: one INPROGRESS event at a quarter done. The page
+    // must draw it, see the stream end early, and catch up with the real
+    // task (DONE) by itself.
+    const id = expect.waiting[1];
+    const eventsUrl = `${url}/tasks/${id}/events`;
+    await page.route(eventsUrl, async (route) => {
+      const real = await (await fetch(`${url}/tasks/${id}`, { headers: { Authorization: `Bearer ${key}` } })).json();
+      const running = { ...real, state: { ...real.state, code: "INPROGRESS" }, result: null,
+        progress: { done: 50, total: 200, percent: 25, eta_seconds: 65 } };
+      await route.fulfill({ status: 200, contentType: "text/event-stream",
+        body: `: keep-alive\n\nevent: task\nid: ${real.version}\ndata: ${JSON.stringify(running)}\n\n` });
+    }, { times: 1 });
+    await page.click(row(id));
+    await page.click("#execute");
+    await page.waitForFunction((id) => document.querySelector(`#tasks tbody tr[data-id="${id}"]`)?.dataset.state === "INPROGRESS", id);
+    const cell = await page.textContent(`${row(id)} td.progress`);
+    check(cell.includes("25%") && cell.includes("of 200") && cell.includes("ETA 1m 05s"), `progress cell: ${cell}`);
+    const bar = await page.$eval(`${row(id)} td.progress progress`, (p) => [p.value, p.max]);
+    check(bar[0] === 25 && bar[1] === 100, `progress bar at ${bar}`);
+    check((await page.textContent("#detail-fields")).includes("ETA 1m 05s"), "the detail shows no progress");
+    await page.waitForFunction((id) => document.querySelector(`#tasks tbody tr[data-id="${id}"]`)?.dataset.state === "DONE", id);
+  });
+
   // For a look at the page as the run left it (kept beside failure.png).
   await page.click(row(expect.failed_id));
   await page.screenshot({ path: path.join(downloads, "console.png"), fullPage: true });
