@@ -13,9 +13,10 @@ if [ -z "$browser_bin" ]; then
   apt_install chromium
   browser_bin=$(command -v chromium)
 fi
-if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
-  need_root "Node.js and npm" "nodejs npm"
-  apt_install nodejs npm
+# Not installed from Debian: its nodejs is 18, and this playwright-core needs 20.
+if ! command -v npm >/dev/null || [ "$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)" -lt 20 ]; then
+  echo "$0: the console's browser test needs Node.js 20 or later with npm" >&2
+  exit 1
 fi
 
 # One directory per pinned version, so a bump installs beside the old one.
@@ -23,7 +24,7 @@ browser_cache="${XDG_CACHE_HOME:-$HOME/.cache}/datask-browser/playwright-core-$P
 if [ ! -f "$browser_cache/node_modules/playwright-core/package.json" ]; then
   echo "installing playwright-core $PLAYWRIGHT_VERSION…"
   mkdir -p "$browser_cache"
-  npm install --no-save --no-audit --no-fund --silent --prefix "$browser_cache" \
+  npm install --no-save --no-audit --no-fund --loglevel=error --prefix "$browser_cache" \
     "playwright-core@$PLAYWRIGHT_VERSION" >/dev/null
 fi
 
