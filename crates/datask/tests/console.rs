@@ -98,7 +98,30 @@ async fn console_in_a_headless_browser() {
         waiting.push(task["id"].as_i64().unwrap());
     }
 
+    // An admin user who may only look: the page must name the chain, and
+    // show the 403 of an action the level does not allow.
+    let (status, user) = s
+        .call(
+            "POST",
+            "/admin/users",
+            common::ROOT_KEY,
+            Some(json!({ "name": "ann" })),
+        )
+        .await;
+    assert_eq!(status, 201, "{user}");
+    let (status, body) = s
+        .call(
+            "PUT",
+            &format!("/admin/tenants/{}/members/{}", t.id, user["id"]),
+            common::ROOT_KEY,
+            Some(json!({ "level": "viewer" })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+
     let expect = json!({
+        "chain": t.id,
+        "viewer_token": user["token"],
         "export_id": export_id,
         "export_first_line": first_line,
         "export_bytes": file.len(),

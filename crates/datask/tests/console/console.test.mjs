@@ -228,6 +228,22 @@ try {
     check(text.includes("401"), `error shown: ${text}`);
   });
 
+  await step("an admin user's token with the chain id; a refused action is shown", async () => {
+    await page.fill("#key", expect.viewer_token);
+    await page.fill("#chain", String(expect.chain));
+    await page.click("#auth button[type=submit]");
+    await rowsWhere(() => __rows().length === 10); // the page size chosen above
+    check(await page.isHidden("#error"), `an error is shown: ${await page.textContent("#error")}`);
+    const id = expect.waiting[2];
+    await page.click(row(id));
+    await page.waitForFunction((id) => document.getElementById("detail").dataset.id === String(id), id);
+    await page.click("#cancel");
+    await page.waitForSelector("#error:not([hidden])");
+    const text = await page.textContent("#error-text");
+    check(text.includes("403") && text.includes("viewer"), `error shown: ${text}`);
+    check((await page.getAttribute(row(id), "data-state")) === "READY", "the refused cancel changed the row");
+  });
+
   check(dialogs.length === 0, `a dialog opened: ${dialogs}`);
   console.log("all console steps passed");
 } catch (e) {
