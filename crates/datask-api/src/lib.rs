@@ -5,6 +5,7 @@
 mod admin;
 mod auth;
 mod body;
+mod console;
 mod downloads;
 mod error;
 mod events;
@@ -80,6 +81,7 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(json_limit))
         // Uploads stream with their own, larger limit.
         .merge(uploads::router())
+        .merge(console::router())
         .route("/healthz", get(|| async { "ok" }))
         .route("/openapi.json", get(openapi::document))
         .route("/metrics", get(metrics))

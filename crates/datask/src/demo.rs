@@ -156,7 +156,9 @@ pub fn instructions(demo: &Demo, url: &str) -> String {
         "\ndemo tenant {id} is ready (import tasks are loading its indexes with synthetic data)\n\
          privileged key: {key}\n\
          app token:      {app}\n\n\
-         try it:\n\
+         open the console (the key is in the #fragment, which never leaves the browser):\n\
+         {url}/console#key={key}\n\n\
+         or with curl:\n\
          export DATASK_URL={url} DATASK_TOKEN={key}\n\
          curl -s -X POST $DATASK_URL/tasks -H \"Authorization: Bearer $DATASK_TOKEN\" -H 'Content-Type: application/json' \\\n  \
            -d '{{\"desc\":\"all users\",\"target\":{{\"action\":\"export\",\"export_index\":\"users\",\"export_format\":\"csv\"}}}}'\n\
@@ -165,4 +167,24 @@ pub fn instructions(demo: &Demo, url: &str) -> String {
         key = demo.privileged_key,
         app = demo.apptoken,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instructions_link_the_console_with_the_key_in_the_fragment() {
+        let demo = Demo {
+            tenant_id: 1,
+            apptoken: "dtk_app_a".into(),
+            privileged_key: "dtk_priv_b".into(),
+        };
+        let text = instructions(&demo, "http://127.0.0.1:8080");
+        assert!(
+            text.contains("http://127.0.0.1:8080/console#key=dtk_priv_b\n"),
+            "{text}"
+        );
+        assert!(!text.contains("?key="), "{text}");
+    }
 }
