@@ -42,6 +42,7 @@ async fn console_in_a_headless_browser() {
     let s = start(Backend::Sqlite).await;
     let t = s.tenant("console").await;
     let key = &t.key;
+    s.synth_attributes(&t).await;
 
     let imported = s.import(&t, "users", synth_csv(&index::USERS, 20, 7)).await;
     assert_eq!(imported["state"]["code"], "DONE", "{imported}");
