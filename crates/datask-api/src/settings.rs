@@ -8,8 +8,11 @@ use axum::routing::get;
 use axum::{Json, Router};
 use datask_core::index::USERS;
 use datask_core::schedule::time_zone;
-use datask_core::settings::{Attribute, IDENTIFIER_COLUMNS, ProfileSettings, Retention};
+use datask_core::settings::{
+    Attribute, Endpoint, IDENTIFIER_COLUMNS, INTEGRATIONS, Integrations, ProfileSettings, Retention,
+};
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
 use utoipa::ToSchema;
 
 use crate::AppState;
@@ -35,6 +38,10 @@ pub struct SettingsView {
     pub retention: Option<Retention>,
     #[schema(value_type = Vec<Object>)]
     pub attributes: Vec<Attribute>,
+    /// `{"active_directory": {"url", "token_set"}, "kochava": …}`: the
+    /// configured endpoints; tokens are never shown.
+    #[schema(value_type = Object)]
+    pub integrations: Map<String, Value>,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -51,6 +58,10 @@ pub(crate) struct SettingsInput {
     /// `[{"name", "type": "string|number|boolean|date", "enabled", "pii"}]`
     #[schema(value_type = Option<Vec<Object>>)]
     attributes: Option<Vec<Attribute>>,
+    /// `{"active_directory": {"url", "token"} | null, "kochava": …}`: each
+    /// integration given is replaced (null removes it); others are kept.
+    #[schema(value_type = Option<Object>)]
+    integrations: Option<Map<String, Value>>,
 }
 
 /// Tells "absent" (keep) from `null` (clear).
@@ -75,7 +86,100 @@ async fn view(state: &AppState, tenant: i64) -> Result<SettingsView, ApiError> {
         identifier_column: p.identifier_column,
         retention: p.retention,
         attributes: p.attributes,
+        integrations: shown_integrations(&p.integrations),
     })
+}
+
+/// The configured endpoints as GET shows them: the URL, and whether a token
+/// is kept (never the token).
+fn shown_integrations(i: &Integrations) -> Map<String, Value> {
+    INTEGRATIONS
+        .iter()
+        .filter_map(|name| {
+            i.get(name).map(|e| {
+                (
+                    name.to_string(),
+                    json!({ "url": e.url, "token_set": e.token.is_some() }),
+                )
+            })
+        })
+        .collect()
+}
+
+/// Applies `PUT /settings`'s `integrations` to `current`, naming the field
+/// of the first mistake.
+fn apply_integrations(
+    current: &mut Integrations,
+    input: Map<String, Value>,
+) -> Result<(), ApiError> {
+    for (name, value) in input {
+        let field = format!("integrations.{name}");
+        if !INTEGRATIONS.contains(&name.as_str()) {
+            return Err(ApiError::invalid(
+                field,
+                format!(
+                    "unknown integration; expected one of {}",
+                    INTEGRATIONS.join(", ")
+                ),
+            ));
+        }
+        let endpoint = match value {
+            Value::Null => None,
+            Value::Object(o) => {
+                for key in o.keys() {
+                    if !matches!(key.as_str(), "url" | "token") {
+                        return Err(ApiError::invalid(
+                            format!("{field}.{key}"),
+                            "unknown field; expected url, token",
+                        ));
+                    }
+                }
+                let url = match o.get("url") {
+                    Some(Value::String(u)) => u.clone(),
+                    None | Some(Value::Null) => {
+                        return Err(ApiError::invalid(format!("{field}.url"), "is required"));
+                    }
+                    Some(other) => {
+                        return Err(ApiError::invalid(
+                            format!("{field}.url"),
+                            format!("must be a string, not {other}"),
+                        ));
+                    }
+                };
+                datask_tasks::check_endpoint_url(&url)
+                    .map_err(|m| ApiError::invalid(format!("{field}.url"), m))?;
+                let token = match o.get("token") {
+                    None | Some(Value::Null) => None,
+                    Some(Value::String(t))
+                        if !t.is_empty() && t.len() <= 4096 && !t.chars().any(char::is_control) =>
+                    {
+                        Some(t.clone())
+                    }
+                    Some(Value::String(_)) => {
+                        return Err(ApiError::invalid(
+                            format!("{field}.token"),
+                            "must be 1 to 4096 characters without control characters",
+                        ));
+                    }
+                    Some(other) => {
+                        return Err(ApiError::invalid(
+                            format!("{field}.token"),
+                            format!("must be a string, not {other}"),
+                        ));
+                    }
+                };
+                Some(Endpoint { url, token })
+            }
+            other => {
+                return Err(ApiError::invalid(
+                    field,
+                    format!("must be an object with url (and token), or null; not {other}"),
+                ));
+            }
+        };
+        current.set(&name, endpoint);
+    }
+    Ok(())
 }
 
 #[utoipa::path(get, path = "/settings", tag = "settings",
@@ -191,6 +295,9 @@ pub(crate) async fn update(
             }
         }
         profile.attributes = attributes;
+    }
+    if let Some(integrations) = input.integrations {
+        apply_integrations(&mut profile.integrations, integrations)?;
     }
     let has_policy = profile.retention.is_some();
     state.store.update_tenant(tenant, profile).await?;

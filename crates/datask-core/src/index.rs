@@ -270,7 +270,23 @@ pub static SENDS: IndexDef = IndexDef {
     ],
 };
 
-pub static ALL: [&IndexDef; 11] = [
+/// Attributed installs pulled by `kochava_sync_installs`: one per device,
+/// with the network and campaign the install is credited to.
+pub static INSTALLS: IndexDef = IndexDef {
+    name: "installs",
+    table: "idx_installs",
+    key_len: 1,
+    columns: &[
+        key("device_id"),
+        col("user_id", Text),
+        col("platform", Text),
+        col("network", Text),
+        col("campaign", Text),
+        col("installed_at", Time),
+    ],
+};
+
+pub static ALL: [&IndexDef; 12] = [
     &USERS,
     &TRANSACTIONS,
     &VOUCHERS,
@@ -282,6 +298,7 @@ pub static ALL: [&IndexDef; 11] = [
     &LIST_MEMBERS,
     &CAMPAIGNS,
     &SENDS,
+    &INSTALLS,
 ];
 
 /// Views for audience exports: a projection of an index's table, read the

@@ -38,12 +38,58 @@ pub struct Retention {
     pub delete_inactive_after_days: i64,
 }
 
+/// An HTTP endpoint a tenant's integration syncs pull from: `url` is a
+/// base (the syncs add their own paths), `token` goes as a bearer token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Endpoint {
+    pub url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+/// The endpoints of a tenant's integrations, each absent until set.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Integrations {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_directory: Option<Endpoint>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kochava: Option<Endpoint>,
+}
+
+/// Names of the integrations, as they appear in settings.
+pub const INTEGRATIONS: [&str; 2] = ["active_directory", "kochava"];
+
+impl Integrations {
+    pub fn get(&self, name: &str) -> Option<&Endpoint> {
+        match name {
+            "active_directory" => self.active_directory.as_ref(),
+            "kochava" => self.kochava.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// Sets or (with None) removes one; false for an unknown name.
+    pub fn set(&mut self, name: &str, endpoint: Option<Endpoint>) -> bool {
+        match name {
+            "active_directory" => self.active_directory = endpoint,
+            "kochava" => self.kochava = endpoint,
+            _ => return false,
+        }
+        true
+    }
+}
+
 /// The settings kept beside a tenant's name, time zone and concurrency.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProfileSettings {
     pub identifier_column: String,
     pub retention: Option<Retention>,
     pub attributes: Vec<Attribute>,
+    /// Settings written before integrations existed have none.
+    #[serde(default)]
+    pub integrations: Integrations,
 }
 
 impl Default for ProfileSettings {
@@ -52,6 +98,7 @@ impl Default for ProfileSettings {
             identifier_column: "user_id".into(),
             retention: None,
             attributes: Vec::new(),
+            integrations: Integrations::default(),
         }
     }
 }

@@ -31,6 +31,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0004_customer_data",
         include_str!("../migrations/0004_customer_data.sql"),
     ),
+    (
+        "0005_installs",
+        include_str!("../migrations/0005_installs.sql"),
+    ),
 ];
 const READERS: usize = 4;
 

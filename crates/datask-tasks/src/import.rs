@@ -46,7 +46,10 @@ pub struct Import {
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
+    /// The index named by `target.import_index`.
     Index,
+    /// One index, whatever the target says (a sync's).
+    Fixed(&'static datask_core::index::IndexDef),
     Profiles,
     List,
 }
@@ -65,12 +68,19 @@ impl Import {
     pub const fn list() -> Self {
         Import { kind: Kind::List }
     }
+
+    /// Always into `index`, as the generic import reads it.
+    pub(crate) const fn into_index(index: &'static datask_core::index::IndexDef) -> Self {
+        Import {
+            kind: Kind::Fixed(index),
+        }
+    }
 }
 
 /// Counts need no place here: rejects are stored with each batch, so the
 /// totals are recomputed from them at the end.
-#[derive(Debug, Default, Clone, Copy, Serialize, Deserialize)]
-struct Checkpoint {
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub(crate) struct Checkpoint {
     /// Data rows consumed (and committed) so far.
     rows: u64,
     run_tag: i64,
@@ -78,6 +88,36 @@ struct Checkpoint {
     /// this pass writes.
     #[serde(default)]
     validated: bool,
+    /// The file a sync fetched: a resumed run reads the same copy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<Source>,
+}
+
+impl Checkpoint {
+    /// The checkpoint a task was claimed with, if any.
+    pub fn saved(ctx: &TaskContext) -> Result<Option<Self>, TaskError> {
+        ctx.task
+            .checkpoint
+            .as_ref()
+            .map(|v| {
+                serde_json::from_value(v.clone())
+                    .map_err(|e| TaskError::Fatal(format!("bad checkpoint: {e}")))
+            })
+            .transpose()
+    }
+}
+
+/// The file an import reads: an upload, or what a sync fetched.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Source {
+    pub object_key: String,
+    pub filename: Option<String>,
+    pub size: i64,
+    /// Where a sync fetched it (without credentials), and when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fetched_at: Option<i64>,
 }
 
 /// What the parsing thread sends.
@@ -103,7 +143,7 @@ enum Parsed {
 impl Handler for Import {
     fn identifier(&self) -> &'static str {
         match self.kind {
-            Kind::Index => "import",
+            Kind::Index | Kind::Fixed(_) => "import",
             Kind::Profiles => "profile_import",
             Kind::List => "list_import",
         }
@@ -118,7 +158,7 @@ impl Handler for Import {
                 target::only_fields(t, &["action", "upload_id", "dry_run", "list_id"])?;
                 crate::lists::list_id(t)?;
             }
-            Kind::Index => {
+            Kind::Index | Kind::Fixed(_) => {
                 target::only_fields(
                     t,
                     &["action", "import_index", "upload_id", "dry_run", "atomic"],
@@ -144,17 +184,49 @@ impl Handler for Import {
     }
 
     async fn run(&self, ctx: &TaskContext) -> Result<Outcome, TaskError> {
+        let upload_id = target::required_string(&ctx.task.target, "upload_id")
+            .map_err(|e| TaskError::Fatal(e.to_string()))?;
+        let upload = ctx
+            .store
+            .get_upload(ctx.task.tenant_id, upload_id)
+            .await?
+            .ok_or_else(|| TaskError::Fatal(format!("upload '{upload_id}' no longer exists")))?;
+        let source = Source {
+            object_key: upload.object_key,
+            filename: upload.filename,
+            size: upload.size,
+            url: None,
+            fetched_at: None,
+        };
+        self.load(ctx, source).await
+    }
+}
+
+impl Import {
+    /// Reads `source` into the index (profiles, list members) by the task's
+    /// target: `dry_run`, `atomic`, `import_index`, `list_id`.
+    pub(crate) async fn load(
+        &self,
+        ctx: &TaskContext,
+        source: Source,
+    ) -> Result<Outcome, TaskError> {
         let t = &ctx.task.target;
         let settings = ctx.store.profile_settings(ctx.task.tenant_id).await?;
         let schema = match self.kind {
             Kind::Profiles => Schema::profiles(&settings),
             Kind::List => Schema::identifiers(&settings),
-            Kind::Index => match target::index(t, "import_index")
-                .map_err(|e| TaskError::Fatal(e.to_string()))?
-            {
-                index if std::ptr::eq(index, &USERS) => Schema::users_index(&settings),
-                index => Schema::index(index),
-            },
+            Kind::Index | Kind::Fixed(_) => {
+                let index = match self.kind {
+                    Kind::Fixed(index) => index,
+                    _ => target::index(t, "import_index")
+                        .map_err(|e| TaskError::Fatal(e.to_string()))?,
+                };
+                if std::ptr::eq(index, &USERS) {
+                    Schema::users_index(&settings)
+                } else {
+                    Schema::index(index)
+                }
+            }
         };
         let list = match self.kind {
             Kind::List => Some(
@@ -181,21 +253,20 @@ impl Handler for Import {
         // read again and written. A dry run of it is that first pass alone,
         // so that it reports what the real run would.
         let atomic = target::boolean(t, "atomic").unwrap_or(false);
-        let upload_id =
-            target::required_string(t, "upload_id").map_err(|e| TaskError::Fatal(e.to_string()))?;
-        let upload = ctx
-            .store
-            .get_upload(ctx.task.tenant_id, upload_id)
-            .await?
-            .ok_or_else(|| TaskError::Fatal(format!("upload '{upload_id}' no longer exists")))?;
 
-        let mut cp: Checkpoint = match &ctx.task.checkpoint {
-            Some(v) => serde_json::from_value(v.clone())
-                .map_err(|e| TaskError::Fatal(format!("bad checkpoint: {e}")))?,
+        // A saved checkpoint resumes only the file it was saved for (a sync
+        // whose copy is gone fetched a new one and starts over).
+        let saved = Checkpoint::saved(ctx)?.filter(|cp| {
+            cp.source.as_ref().map(|s| s.object_key.as_str())
+                == source.url.is_some().then_some(source.object_key.as_str())
+        });
+        let mut cp = match saved {
+            Some(cp) => cp,
             None => {
                 ctx.store.clear_rejects(ctx.task.id, ctx.fence).await?;
                 Checkpoint {
                     run_tag: ctx.fence,
+                    source: source.url.is_some().then(|| source.clone()),
                     ..Default::default()
                 }
             }
@@ -220,12 +291,12 @@ impl Handler for Import {
 
             let bytes = ctx
                 .files
-                .read(&upload.object_key, None)
+                .read(&source.object_key, None)
                 .await
                 .map_err(|e| TaskError::Retryable(e.to_string()))?;
             let reader = StreamReader::new(bytes.map(|r| r.map_err(std::io::Error::other)));
             let (tx, mut rx) = mpsc::channel::<Parsed>(1);
-            let filename = upload.filename.clone();
+            let filename = source.filename.clone();
             let skip = cp.rows;
             let stop = ctx.stopped();
             let pass_schema = schema.clone();
@@ -274,6 +345,7 @@ impl Handler for Import {
                             rows: rows_read,
                             run_tag: cp.run_tag,
                             validated: cp.validated,
+                            source: cp.source.clone(),
                         };
                         ctx.store
                             .import_batch(ImportBatch {
@@ -286,14 +358,14 @@ impl Handler for Import {
                                 rejects,
                                 run_tag: cp.run_tag,
                                 dry_run: pass_dry_run,
-                                checkpoint: serde_json::to_value(next).expect("a plain struct"),
+                                checkpoint: serde_json::to_value(&next).expect("a plain struct"),
                                 progress_done: rows_read as i64,
                             })
                             .await?;
                         cp = next;
                         // Estimate the total from the share of bytes read so far.
                         let total = (bytes_read > 0).then(|| {
-                            (rows_read as f64 * upload.size as f64 / bytes_read as f64) as i64
+                            (rows_read as f64 * source.size as f64 / bytes_read as f64) as i64
                         });
                         ctx.progress(rows_read as i64, total).await?;
                     }
@@ -326,6 +398,7 @@ impl Handler for Import {
                 rows: 0,
                 run_tag: cp.run_tag,
                 validated: true,
+                source: cp.source.take(),
             };
         }
         if !outcome_errors.is_empty() {

@@ -6,6 +6,7 @@ mod import;
 mod lists;
 mod messages;
 mod profiles;
+mod syncs;
 mod target;
 
 use datask_engine::Registry;
@@ -16,6 +17,7 @@ pub use import::Import;
 pub use lists::ListExport;
 pub use messages::{CampaignExport, SendExport};
 pub use profiles::{CleanupUsers, PII_FIELDS, ProfileDeletePersonalData, ProfileExportData};
+pub use syncs::{Sync, check_endpoint_url};
 
 /// Every handler this build of datask runs.
 pub fn registry() -> Registry {
@@ -34,6 +36,9 @@ pub fn registry() -> Registry {
         .register(SegmentExport::profiles())
         .register(SegmentExport::devices())
         .register(CampaignAudience::count())
-        .register(CampaignAudience::preview());
+        .register(CampaignAudience::preview())
+        .register(Sync::active_directory_profiles())
+        .register(Sync::active_directory_lists())
+        .register(Sync::kochava_installs());
     r
 }

@@ -378,10 +378,16 @@ async fn bad_requests_name_what_is_wrong(b: Backend) {
             "unknown identifier 'teleport'",
         ),
         (
-            json!({ "identifier": "kochava_sync_installs" }),
+            json!({ "identifier": "active_directory_lists_sync", "target": {} }),
             400,
-            "identifier",
-            "not available yet",
+            "target.list_id",
+            "is required",
+        ),
+        (
+            json!({ "identifier": "kochava_sync_installs", "target": { "url": "http://x" } }),
+            400,
+            "target.url",
+            "unknown field",
         ),
         (
             json!({ "identifier": "import", "target": { "action": "export" } }),
@@ -1495,7 +1501,7 @@ async fn tenant_settings(b: Backend) {
     assert_eq!(
         got,
         json!({ "id": t.id, "name": "shop", "timezone": "UTC", "concurrency": 4,
-                             "identifier_column": "user_id", "retention": null, "attributes": [] })
+                             "identifier_column": "user_id", "retention": null, "attributes": [], "integrations": {} })
     );
     let change = json!({
         "timezone": "Europe/Amsterdam",

@@ -1,0 +1,391 @@
+//! Integration syncs: `active_directory_profiles_sync`,
+//! `active_directory_lists_sync` and `kochava_sync_installs` pull a file
+//! from the endpoint the tenant configured (`PUT /settings`,
+//! `integrations.<name>`) and load it through the import pipeline, with its
+//! row-level report, failed-rows file, dry runs and resumption.
+//!
+//! The answer is first copied whole into the file store and the copy is
+//! named in the checkpoint, so that a reclaimed run resumes the same
+//! snapshot instead of fetching one that may have changed. Connection
+//! failures and 5xx answers are retried with the task's backoff; a 4xx
+//! answer or a missing configuration ends the run in ERROR naming it.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use datask_core::index::{INSTALLS, LIST_MEMBERS};
+use datask_core::segment::{Bound, Field, Filter};
+use datask_core::settings::Endpoint;
+use datask_engine::{FileStore, Handler, Invalid, Outcome, TaskContext, TaskError};
+use futures::StreamExt;
+use jiff::Timestamp;
+use reqwest::{StatusCode, Url};
+use serde_json::{Map, Value, json};
+use tokio::io::AsyncWriteExt;
+
+use crate::audience::input_error;
+use crate::import::{Checkpoint, Import, Source};
+use crate::target;
+
+/// An endpoint's answer larger than this is refused (as an upload is).
+const MAX_SOURCE_BYTES: u64 = 4 << 30;
+
+pub struct Sync {
+    kind: SyncKind,
+    client: reqwest::Client,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SyncKind {
+    AdProfiles,
+    AdLists,
+    KochavaInstalls,
+}
+
+impl Sync {
+    fn new(kind: SyncKind) -> Self {
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            // An endpoint that stops sending is a failed attempt, retried.
+            .read_timeout(Duration::from_secs(60))
+            .user_agent(concat!("datask/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .expect("a client with default TLS settings");
+        Sync { kind, client }
+    }
+
+    pub fn active_directory_profiles() -> Self {
+        Self::new(SyncKind::AdProfiles)
+    }
+
+    pub fn active_directory_lists() -> Self {
+        Self::new(SyncKind::AdLists)
+    }
+
+    pub fn kochava_installs() -> Self {
+        Self::new(SyncKind::KochavaInstalls)
+    }
+
+    fn integration(&self) -> &'static str {
+        match self.kind {
+            SyncKind::AdProfiles | SyncKind::AdLists => "active_directory",
+            SyncKind::KochavaInstalls => "kochava",
+        }
+    }
+
+    fn loader(&self) -> Import {
+        match self.kind {
+            SyncKind::AdProfiles => Import::profiles(),
+            SyncKind::AdLists => Import::list(),
+            SyncKind::KochavaInstalls => Import::into_index(&INSTALLS),
+        }
+    }
+
+    /// The path under the endpoint's base URL this sync reads.
+    fn path(&self, t: &Map<String, Value>) -> Result<Vec<String>, Invalid> {
+        Ok(match self.kind {
+            SyncKind::AdProfiles => vec!["profiles".into()],
+            SyncKind::AdLists => {
+                let group = match group(t)? {
+                    Some(g) => g,
+                    None => crate::lists::list_id(t)?,
+                };
+                vec!["groups".into(), group.into(), "members".into()]
+            }
+            SyncKind::KochavaInstalls => vec!["installs".into()],
+        })
+    }
+}
+
+/// `target.group` (lists sync): the directory group, 1 to 200 characters.
+fn group(t: &Map<String, Value>) -> Result<Option<&str>, Invalid> {
+    let g = target::string(t, "group")?;
+    if let Some(g) = g
+        && (g.trim().is_empty() || g.chars().count() > 200)
+    {
+        return Err(Invalid::new("group", "must be 1 to 200 characters"));
+    }
+    Ok(g)
+}
+
+/// Checks an endpoint's base URL as `PUT /settings` takes it: absolute
+/// http(s) with a host, no credentials inside it (they go in `token`).
+pub fn check_endpoint_url(url: &str) -> Result<(), String> {
+    if url.len() > 2000 {
+        return Err("must be at most 2000 characters".into());
+    }
+    let parsed = Url::parse(url).map_err(|e| format!("'{url}' is not a URL: {e}"))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(format!("'{url}' must start with http:// or https://"));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(format!("'{url}' has no host"));
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err("must not hold credentials; give them as `token`".into());
+    }
+    if parsed.fragment().is_some() {
+        return Err(format!("'{url}' must not have a #fragment"));
+    }
+    Ok(())
+}
+
+/// Why a fetch gave no file: the run ends in ERROR with this, under `key`.
+struct Refused {
+    key: String,
+    message: String,
+}
+
+#[async_trait]
+impl Handler for Sync {
+    fn identifier(&self) -> &'static str {
+        match self.kind {
+            SyncKind::AdProfiles => "active_directory_profiles_sync",
+            SyncKind::AdLists => "active_directory_lists_sync",
+            SyncKind::KochavaInstalls => "kochava_sync_installs",
+        }
+    }
+
+    fn validate(&self, t: &mut Map<String, Value>) -> Result<(), Invalid> {
+        match self.kind {
+            SyncKind::AdProfiles => target::only_fields(t, &["action", "dry_run", "atomic"])?,
+            SyncKind::AdLists => {
+                target::only_fields(t, &["action", "list_id", "group", "dry_run"])?;
+                crate::lists::list_id(t)?;
+                group(t)?;
+            }
+            SyncKind::KochavaInstalls => target::only_fields(t, &["action", "dry_run", "atomic"])?,
+        }
+        target::boolean(t, "dry_run")?;
+        target::boolean(t, "atomic")?;
+        Ok(())
+    }
+
+    async fn run(&self, ctx: &TaskContext) -> Result<Outcome, TaskError> {
+        let saved = Checkpoint::saved(ctx)?.and_then(|cp| cp.source);
+        let source = match saved {
+            Some(s) if ctx.files.size(&s.object_key).await.is_ok() => {
+                ctx.log(format!(
+                    "resuming the copy of {} fetched earlier",
+                    s.url.as_deref().unwrap_or("the endpoint")
+                ))
+                .await?;
+                s
+            }
+            _ => match self.fetch(ctx).await? {
+                Ok(s) => s,
+                Err(r) => return Ok(input_error(&r.key, r.message)),
+            },
+        };
+        let mut outcome = self.loader().load(ctx, source.clone()).await?;
+        let dry_run = target::boolean(&ctx.task.target, "dry_run").unwrap_or(false);
+        let readable =
+            !outcome.errors.contains_key("file") && !outcome.errors.contains_key("file[columns]");
+        if self.kind == SyncKind::AdLists && readable && !dry_run {
+            let removed = self.remove_departed(ctx, &source).await?;
+            if let Some(Value::Object(o)) = &mut outcome.output {
+                o.insert("removed".into(), json!(removed));
+            }
+        }
+        if let Some(Value::Object(o)) = &mut outcome.output {
+            o.insert("source".into(), json!(source.url));
+        }
+        // The copy has served; a run reclaimed after this fetches anew.
+        if let Err(e) = ctx.files.delete(&source.object_key).await {
+            tracing::warn!(task = ctx.task.id, error = %e, "could not delete a sync's copy");
+        }
+        Ok(outcome)
+    }
+}
+
+impl Sync {
+    /// Copies the endpoint's answer into the file store.
+    async fn fetch(&self, ctx: &TaskContext) -> Result<Result<Source, Refused>, TaskError> {
+        let name = self.integration();
+        let settings = ctx.store.profile_settings(ctx.task.tenant_id).await?;
+        let Some(endpoint) = settings.integrations.get(name).cloned() else {
+            return Ok(Err(Refused {
+                key: format!("integrations.{name}"),
+                message: format!(
+                    "the {name} integration is not configured: PUT /settings with integrations.{name}.url"
+                ),
+            }));
+        };
+        let path = self
+            .path(&ctx.task.target)
+            .map_err(|e| TaskError::Fatal(e.to_string()))?;
+        let url = match endpoint_url(&endpoint, &path) {
+            Ok(u) => u,
+            Err(message) => {
+                return Ok(Err(Refused {
+                    key: format!("integrations.{name}.url"),
+                    message,
+                }));
+            }
+        };
+        let shown = url.to_string();
+        ctx.log(format!("fetching {shown}")).await?;
+        let fetched_at = Timestamp::now().as_microsecond();
+        let mut request = self
+            .client
+            .get(url)
+            .header(reqwest::header::ACCEPT, "text/csv, application/x-ndjson");
+        if let Some(token) = &endpoint.token {
+            request = request.bearer_auth(token);
+        }
+        let unreachable =
+            |e: reqwest::Error| TaskError::Retryable(format!("GET {shown}: {}", error_chain(&e)));
+        let stopped = ctx.stopped();
+        let response = tokio::select! {
+            r = request.send() => r.map_err(unreachable)?,
+            _ = stopped.cancelled() => {
+                return Err(ctx.checkpoint().err().unwrap_or(TaskError::Cancelled));
+            }
+        };
+        let status = response.status();
+        if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+            return Err(TaskError::Retryable(format!(
+                "GET {shown} answered {status}"
+            )));
+        }
+        if !status.is_success() {
+            return Ok(Err(Refused {
+                key: "source".into(),
+                message: format!("GET {shown} answered {status}"),
+            }));
+        }
+        let filename = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|ct| {
+                let essence = ct
+                    .split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase();
+                match essence.as_str() {
+                    "text/csv" => Some("source.csv"),
+                    "application/x-ndjson" | "application/jsonl" | "application/json" => {
+                        Some("source.jsonl")
+                    }
+                    _ => None,
+                }
+            });
+        if response
+            .content_length()
+            .is_some_and(|n| n > MAX_SOURCE_BYTES)
+        {
+            return Ok(Err(too_large(&shown)));
+        }
+        let key = FileStore::result_key(
+            ctx.task.tenant_id,
+            ctx.task.id,
+            ctx.fence,
+            filename.unwrap_or("source"),
+        );
+        let mut file = ctx.files.writer(&key);
+        let mut body = response.bytes_stream();
+        let mut size: u64 = 0;
+        let copied: Result<Result<(), Refused>, TaskError> = async {
+            while let Some(chunk) = body.next().await {
+                ctx.checkpoint()?;
+                let chunk = chunk.map_err(unreachable)?;
+                size += chunk.len() as u64;
+                if size > MAX_SOURCE_BYTES {
+                    return Ok(Err(too_large(&shown)));
+                }
+                file.write_all(&chunk).await.map_err(copy_failed)?;
+            }
+            file.shutdown().await.map_err(copy_failed)?;
+            Ok(Ok(()))
+        }
+        .await;
+        match copied {
+            Ok(Ok(())) => {}
+            other => {
+                let _ = file.abort().await;
+                return other.map(|r| Err(r.expect_err("an unfinished copy")));
+            }
+        }
+        ctx.log(format!("fetched {size} bytes")).await?;
+        Ok(Ok(Source {
+            object_key: key,
+            filename: filename.map(str::to_string),
+            size: size as i64,
+            url: Some(shown),
+            fetched_at: Some(fetched_at),
+        }))
+    }
+
+    /// A list sync mirrors the group: members this run did not write (their
+    /// `added_at` is older than the fetch) have left it.
+    async fn remove_departed(&self, ctx: &TaskContext, source: &Source) -> Result<i64, TaskError> {
+        let list =
+            crate::lists::list_id(&ctx.task.target).map_err(|e| TaskError::Fatal(e.to_string()))?;
+        let Some(fetched_at) = source.fetched_at else {
+            return Ok(0);
+        };
+        ctx.checkpoint()?;
+        let departed = Filter::All(vec![
+            Filter::Compare {
+                column: Field::Column("list_id"),
+                op: "=",
+                value: Bound::Text(list.to_string()),
+            },
+            Filter::Compare {
+                column: Field::Column("added_at"),
+                op: "<",
+                value: Bound::Time(fetched_at),
+            },
+        ]);
+        let removed = ctx
+            .store
+            .delete_rows(ctx.task.tenant_id, &LIST_MEMBERS, &departed)
+            .await?;
+        if removed > 0 {
+            ctx.log(format!("removed {removed} members no longer in the group"))
+                .await?;
+        }
+        Ok(removed)
+    }
+}
+
+/// The base URL with the sync's path segments appended (each encoded).
+fn endpoint_url(endpoint: &Endpoint, path: &[String]) -> Result<Url, String> {
+    check_endpoint_url(&endpoint.url)?;
+    let mut url = Url::parse(&endpoint.url).map_err(|e| e.to_string())?;
+    url.path_segments_mut()
+        .map_err(|()| format!("'{}' cannot take a path", endpoint.url))?
+        .pop_if_empty()
+        .extend(path);
+    Ok(url)
+}
+
+fn too_large(url: &str) -> Refused {
+    Refused {
+        key: "source".into(),
+        message: format!(
+            "GET {url} answered more than {} GiB",
+            MAX_SOURCE_BYTES >> 30
+        ),
+    }
+}
+
+fn copy_failed(e: std::io::Error) -> TaskError {
+    TaskError::Retryable(format!("copying the endpoint's answer: {e}"))
+}
+
+/// reqwest's message and its causes ("error sending request: connection
+/// refused"), which its Display alone leaves out.
+fn error_chain(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
