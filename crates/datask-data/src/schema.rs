@@ -180,14 +180,36 @@ impl Schema {
     /// missing required columns; `fatal` when the import cannot go on.
     pub(crate) fn map_header(&self, names: &[String]) -> (Vec<Slot>, Vec<ColumnProblem>, bool) {
         let index = self.index;
+        if names.len() > MAX_COLUMNS {
+            // Far more than any index holds (profiles: 14 fields and at most
+            // 500 attributes); refused before any per-column work.
+            let problem = ColumnProblem {
+                column: String::new(),
+                message: format!(
+                    "The header has {} columns; at most {MAX_COLUMNS} are accepted",
+                    names.len()
+                ),
+            };
+            return (vec![Slot::Ignored; names.len()], vec![problem], true);
+        }
         let mut slots = Vec::with_capacity(names.len());
         let mut problems = Vec::new();
         let mut fatal = false;
-        for (pos, name) in names.iter().enumerate() {
+        // Times each name was seen so far: duplicates found in one pass.
+        let mut seen: std::collections::HashMap<&str, u32> =
+            std::collections::HashMap::with_capacity(names.len());
+        for (pos, full_name) in names.iter().enumerate() {
+            let earlier = {
+                let n = seen.entry(full_name.as_str()).or_insert(0);
+                *n += 1;
+                *n - 1
+            };
+            let name = &shown(full_name);
             let problem = |message: String| ColumnProblem {
                 column: name.clone(),
                 message,
             };
+            let name = full_name;
             if name.is_empty() {
                 problems.push(problem(format!(
                     "Column {} of the header has no name",
@@ -195,10 +217,13 @@ impl Schema {
                 )));
                 fatal |= !self.profiles;
                 slots.push(Slot::Ignored);
-            } else if names[..pos].contains(name) {
+            } else if earlier > 0 {
                 // Reported once, at its second appearance.
-                if names[..pos].iter().filter(|n| *n == name).count() == 1 {
-                    problems.push(problem(format!("Column '{name}' appears more than once")));
+                if earlier == 1 {
+                    problems.push(problem(format!(
+                        "Column '{}' appears more than once",
+                        shown(name)
+                    )));
                 }
                 fatal = true;
                 slots.push(Slot::Ignored);
@@ -218,17 +243,20 @@ impl Schema {
                 slots.push(Slot::Ignored);
             } else if self.profiles && self.disabled.contains(name) {
                 problems.push(problem(format!(
-                    "Column '{name}' is not set to be a profile attribute"
+                    "Column '{}' is not set to be a profile attribute",
+                    shown(name)
                 )));
                 slots.push(Slot::Ignored);
             } else if self.profiles {
                 problems.push(problem(format!(
-                    "Column '{name}' is not a recognized user profile field or attribute"
+                    "Column '{}' is not a recognized user profile field or attribute",
+                    shown(name)
                 )));
                 slots.push(Slot::Ignored);
             } else {
                 problems.push(problem(format!(
-                    "Column '{name}' is not a recognized field of index '{}'",
+                    "Column '{}' is not a recognized field of index '{}'",
+                    shown(name),
                     index.name
                 )));
                 fatal = true;
@@ -263,5 +291,17 @@ impl Schema {
             }
         }
         (slots, problems, fatal)
+    }
+}
+
+/// Columns a header may have.
+pub const MAX_COLUMNS: usize = 2_000;
+
+/// A column name as a message shows it: at most 100 characters, so that a
+/// huge header cell is not copied into every report.
+fn shown(name: &str) -> String {
+    match name.char_indices().nth(100) {
+        Some((end, _)) => format!("{}…", &name[..end]),
+        None => name.to_string(),
     }
 }

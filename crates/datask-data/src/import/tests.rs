@@ -663,3 +663,33 @@ fn the_users_index_checks_its_attribute_object() {
     let plain: Vec<_> = rows(input.as_bytes(), &USERS);
     assert!(problems(&plain).is_empty());
 }
+
+#[test]
+fn wide_headers_are_refused_early_and_long_names_shortened() {
+    // One pass over the header: 2,000 distinct unknown columns map at once
+    // (checking each against the ones before it took seconds at 20,000).
+    let header: Vec<String> = (0..crate::schema::MAX_COLUMNS)
+        .map(|i| format!("c{i}"))
+        .collect();
+    let input = format!("user_id,{}\nu1\n", header[1..].join(","));
+    let problems = columns_error(input.as_bytes(), &USERS);
+    assert_eq!(problems.len(), crate::schema::MAX_COLUMNS - 1);
+    let input = format!("user_id,{}\nu1\n", header.join(","));
+    assert_eq!(
+        columns_error(input.as_bytes(), &USERS),
+        ["The header has 2001 columns; at most 2000 are accepted"]
+    );
+    let long = "x".repeat(5_000);
+    let input = format!("user_id,{long},{long}\nu1,,\n");
+    let problems = columns_error(input.as_bytes(), &USERS);
+    assert_eq!(
+        problems,
+        [
+            format!(
+                "Column '{}…' is not a recognized field of index 'users'",
+                "x".repeat(100)
+            ),
+            format!("Column '{}…' appears more than once", "x".repeat(100)),
+        ]
+    );
+}
