@@ -49,6 +49,59 @@ pub(crate) struct TaskInput {
     /// `PUT` only: the version the client read.
     #[serde(default)]
     version: Option<i64>,
+    /// What `GET /tasks/{id}` shows beside the fields above, so that a task
+    /// read can be sent back to `PUT` as it is: ignored there, refused by
+    /// `POST`.
+    #[serde(default)]
+    #[schema(ignore)]
+    id: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    #[schema(ignore)]
+    chain: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    #[schema(ignore)]
+    state: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    #[schema(ignore)]
+    logs: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    #[schema(ignore)]
+    errors: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    #[schema(ignore)]
+    progress: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    #[schema(ignore)]
+    output: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    #[schema(ignore)]
+    result: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    #[schema(ignore)]
+    attempts: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    #[schema(ignore)]
+    debug: Option<serde::de::IgnoredAny>,
+}
+
+impl TaskInput {
+    /// The first read-only field given, for `POST`'s refusal.
+    fn first_shown(&self) -> Option<&'static str> {
+        [
+            ("id", self.id.is_some()),
+            ("chain", self.chain.is_some()),
+            ("state", self.state.is_some()),
+            ("logs", self.logs.is_some()),
+            ("errors", self.errors.is_some()),
+            ("progress", self.progress.is_some()),
+            ("output", self.output.is_some()),
+            ("result", self.result.is_some()),
+            ("attempts", self.attempts.is_some()),
+            ("debug", self.debug.is_some()),
+        ]
+        .into_iter()
+        .find_map(|(name, given)| given.then_some(name))
+    }
 }
 
 /// `POST /tasks` as `multipart/form-data`: the task and its input file in
@@ -182,6 +235,19 @@ pub(crate) struct TriggerInput {
     #[serde(default)]
     #[schema(value_type = Option<String>)]
     segment_id: Option<Value>,
+}
+
+impl TriggerInput {
+    /// A stored trigger as a request would give it.
+    fn from_stored(t: &Trigger) -> Self {
+        TriggerInput {
+            once: t.once.map(|o| o.to_string()),
+            repeat: t.repeat.map(|r| r.as_str().to_string()),
+            timezone: t.timezone.clone(),
+            segment: t.segment.clone(),
+            segment_id: t.segment_id.clone().map(Value::String),
+        }
+    }
 }
 
 /// A validated task request.
@@ -462,6 +528,12 @@ async fn create_task(
     if input.version.is_some() {
         return Err(ApiError::invalid("version", "is only accepted by PUT"));
     }
+    if let Some(field) = input.first_shown() {
+        return Err(ApiError::invalid(
+            field,
+            "is set by datask, not accepted when creating a task",
+        ));
+    }
     let max_attempts = input.max_attempts.unwrap_or(MAX_ATTEMPTS_DEFAULT);
     if !(1..=20).contains(&max_attempts) {
         return Err(ApiError::invalid(
@@ -616,11 +688,23 @@ pub(crate) async fn update(
         .get_task(caller.tenant_id, id)
         .await?
         .ok_or_else(|| not_found(id))?;
-    if input.max_attempts.is_some() {
+    if input.max_attempts.is_some_and(|m| m != task.max_attempts) {
         return Err(ApiError::invalid(
             "max_attempts",
             "cannot be changed after creation",
         ));
+    }
+    // What the body leaves out is kept, as `PUT /settings` does: a PUT
+    // that only renames a task must not drop its schedule.
+    let mut input = input;
+    if input.desc.is_none() {
+        input.desc = Some(task.desc.clone());
+    }
+    if input.target.is_none() {
+        input.target = Some(task.target.clone());
+    }
+    if input.trigger.is_none() {
+        input.trigger = Some(TriggerInput::from_stored(&task.trigger));
     }
     let expected_version = input.version;
     let r = resolve(&state, caller.tenant_id, input, Some(&task.identifier)).await?;

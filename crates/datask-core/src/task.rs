@@ -14,6 +14,14 @@ pub enum Repeat {
 }
 
 impl Repeat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Repeat::Daily => "daily",
+            Repeat::Weekly => "weekly",
+            Repeat::Monthly => "monthly",
+        }
+    }
+
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "daily" => Some(Repeat::Daily),

@@ -601,6 +601,48 @@ async fn update_with_stale_version_conflicts(b: Backend) {
             .unwrap()
             .contains(&format!("version is now {}", v + 1))
     );
+    // A PUT keeps what it leaves out: renaming a repeating task keeps its
+    // schedule, and a task as GET shows it can be sent back.
+    let (status, daily) = s
+        .call("PUT", &format!("/tasks/{id}"), &t.key, Some(json!({ "trigger": { "once": later, "repeat": "daily", "timezone": "Europe/Amsterdam" } })))
+        .await;
+    assert_eq!(status, 200, "{daily}");
+    let (status, renamed) = s
+        .call(
+            "PUT",
+            &format!("/tasks/{id}"),
+            &t.key,
+            Some(json!({ "desc": "nightly" })),
+        )
+        .await;
+    assert_eq!(status, 200, "{renamed}");
+    assert_eq!(renamed["desc"], "nightly");
+    assert_eq!(renamed["trigger"], daily["trigger"], "{renamed}");
+    assert_eq!(renamed["target"], daily["target"], "{renamed}");
+    assert_eq!(renamed["state"]["code"], "READY");
+    let mut sent_back = renamed.clone();
+    sent_back["desc"] = json!("as read");
+    let (status, body) = s
+        .call("PUT", &format!("/tasks/{id}"), &t.key, Some(sent_back))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (body["desc"].as_str(), &body["trigger"]),
+        (Some("as read"), &daily["trigger"])
+    );
+    let (status, body) = s
+        .call(
+            "POST",
+            "/tasks",
+            &t.key,
+            Some(json!({ "id": 7, "target": { "action": "export", "export_index": "users" } })),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["field"].as_str()),
+        (400, Some("id")),
+        "{body}"
+    );
     let (status, body) = s
         .call(
             "PUT",
