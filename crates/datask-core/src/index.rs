@@ -27,6 +27,9 @@ pub struct Column {
     /// A JSON object that an import merges into the stored one instead of
     /// replacing it (custom attributes).
     pub merge: bool,
+    /// Written once: an import sets it on a row that has none and never
+    /// changes it afterwards (a profile's `created_at`).
+    pub kept: bool,
 }
 
 impl Column {
@@ -37,6 +40,7 @@ impl Column {
             ty,
             required: false,
             merge: false,
+            kept: false,
         }
     }
 }
@@ -51,6 +55,7 @@ const fn key(name: &'static str) -> Column {
         ty: ColumnType::Text,
         required: true,
         merge: false,
+        kept: false,
     }
 }
 
@@ -60,6 +65,17 @@ const fn merged(name: &'static str) -> Column {
         ty: ColumnType::Json,
         required: false,
         merge: true,
+        kept: false,
+    }
+}
+
+const fn kept(name: &'static str, ty: ColumnType) -> Column {
+    Column {
+        name,
+        ty,
+        required: false,
+        merge: false,
+        kept: true,
     }
 }
 
@@ -119,7 +135,7 @@ pub static USERS: IndexDef = IndexDef {
         col("email_opt_in", Boolean),
         col("sms_opt_in", Boolean),
         col("push_opt_in", Boolean),
-        col("created_at", Time),
+        kept("created_at", Time),
         col("last_active_at", Time),
         merged("attributes"),
     ],

@@ -75,6 +75,8 @@ fn upsert_sql(index: &IndexDef, columns: &[usize]) -> String {
                     "{c} = CASE WHEN EXCLUDED.{c} IS NULL THEN tbl.{c} \
                      ELSE jsonb_strip_nulls(COALESCE(tbl.{c}, '{{}}'::jsonb) || EXCLUDED.{c}) END"
                 )
+            } else if index.column(c).is_some_and(|(_, col)| col.kept) {
+                format!("{c} = COALESCE(tbl.{c}, EXCLUDED.{c})")
             } else {
                 format!("{c} = EXCLUDED.{c}")
             }

@@ -52,6 +52,8 @@ fn upsert_sql(index: &IndexDef, columns: &[usize]) -> String {
                      ELSE json_patch(COALESCE({t}.{n}, '{{}}'), excluded.{n}) END",
                     t = index.table
                 )
+            } else if index.column(n).is_some_and(|(_, c)| c.kept) {
+                format!("{n} = COALESCE({t}.{n}, excluded.{n})", t = index.table)
             } else {
                 format!("{n} = excluded.{n}")
             }

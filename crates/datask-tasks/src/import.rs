@@ -341,6 +341,7 @@ impl Import {
                             }
                             (None, None) => (columns, rows, rejects),
                         };
+                        let (columns, rows) = fill_kept(index, columns, rows);
                         let next = Checkpoint {
                             rows: rows_read,
                             run_tag: cp.run_tag,
@@ -454,6 +455,35 @@ impl Import {
             }),
         })
     }
+}
+
+/// Columns written once (a profile's `created_at`) that a row leaves
+/// empty get the time of this batch: a profile made by an import was created
+/// then, and the store keeps whatever value a row already holds.
+fn fill_kept(
+    index: &'static datask_core::index::IndexDef,
+    mut columns: Vec<usize>,
+    mut rows: Vec<ImportRow>,
+) -> (Vec<usize>, Vec<ImportRow>) {
+    let now = jiff::Timestamp::now().as_microsecond();
+    for (at, _) in index.columns.iter().enumerate().filter(|(_, c)| c.kept) {
+        match columns.iter().position(|&c| c == at) {
+            Some(pos) => {
+                for row in &mut rows {
+                    if matches!(row.values[pos], Cell::Null) {
+                        row.values[pos] = Cell::Time(now);
+                    }
+                }
+            }
+            None => {
+                columns.push(at);
+                for row in &mut rows {
+                    row.values.push(Cell::Time(now));
+                }
+            }
+        }
+    }
+    (columns, rows)
 }
 
 /// For tenants that identify profiles by `column` (email or mobile number):
