@@ -24,11 +24,69 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                 "expected Content-Type application/json, got '{content_type}'"
             )));
         }
-        let bytes = Bytes::from_request(req, state)
+        let bytes = tokio::time::timeout(BODY_TIMEOUT, Bytes::from_request(req, state))
             .await
+            .map_err(|_| body_timed_out())?
             .map_err(unreadable_body)?;
         parse_json_object(&bytes).map(JsonBody)
     }
+}
+
+/// How long a JSON body may take to arrive (a client that declares more
+/// than it sends would otherwise hold the connection forever).
+pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// How long any request body may go without a byte (uploads included).
+pub const BODY_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+pub fn body_timed_out() -> ApiError {
+    ApiError::Timeout(format!(
+        "the request body did not arrive within {} s",
+        BODY_TIMEOUT.as_secs()
+    ))
+}
+
+/// The body sizes a route group takes (multipart: a file and its task).
+#[derive(Clone, Copy)]
+pub struct DeclaredLimit {
+    pub plain: u64,
+    pub multipart: u64,
+}
+
+/// Refuses at once a request whose declared `Content-Length` is over the
+/// limit, before its body is read.
+pub async fn refuse_declared_oversize(
+    axum::extract::State(limits): axum::extract::State<DeclaredLimit>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let headers = req.headers();
+    let multipart = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("multipart/"));
+    let limit = if multipart {
+        limits.multipart
+    } else {
+        limits.plain
+    };
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if let Some(declared) = declared
+        && declared > limit
+    {
+        return crate::in_dialect_of(
+            req.uri(),
+            ApiError::TooLarge(format!(
+                "the request body ({declared} bytes) is larger than the limit of {limit} bytes"
+            )),
+        )
+        .into_response();
+    }
+    next.run(req).await
 }
 
 /// A body that could not be read: too large (413), or cut off (400).
@@ -52,10 +110,17 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         } else {
             inner.to_string()
         };
-        if path == "." || path.is_empty() {
-            ApiError::BadRequest(message)
-        } else {
-            ApiError::invalid(path, message)
+        // "missing field `name`" names its field: report it there.
+        let missing = message
+            .strip_prefix("missing field `")
+            .and_then(|rest| rest.split('`').next())
+            .map(str::to_string);
+        let top = path == "." || path == "?" || path.is_empty();
+        match missing {
+            Some(field) if top => ApiError::invalid(field, "is required"),
+            Some(field) => ApiError::invalid(format!("{path}.{field}"), "is required"),
+            None if top => ApiError::BadRequest(message),
+            None => ApiError::invalid(path, message),
         }
     })?;
     de.end().map_err(|e| {

@@ -70,6 +70,22 @@ pub struct AppState {
 
 pub fn router(state: AppState) -> Router {
     let json_limit = state.config.max_json_bytes;
+    let upload_limit = state.config.max_upload_bytes;
+    // A declared length over the limit is refused before the body is read.
+    let json_declared = axum::middleware::from_fn_with_state(
+        body::DeclaredLimit {
+            plain: json_limit as u64,
+            multipart: upload_limit.saturating_add(json_limit as u64),
+        },
+        body::refuse_declared_oversize,
+    );
+    let upload_declared = axum::middleware::from_fn_with_state(
+        body::DeclaredLimit {
+            plain: upload_limit,
+            multipart: upload_limit,
+        },
+        body::refuse_declared_oversize,
+    );
     Router::new()
         .merge(rest::router())
         .merge(admin::router())
@@ -79,8 +95,9 @@ pub fn router(state: AppState) -> Router {
         .merge(settings::router())
         .merge(segments::router())
         .layer(DefaultBodyLimit::max(json_limit))
+        .layer(json_declared)
         // Uploads stream with their own, larger limit.
-        .merge(uploads::router())
+        .merge(uploads::router().layer(upload_declared))
         .merge(console::router())
         .route("/healthz", get(|| async { "ok" }))
         .route("/openapi.json", get(openapi::document))
@@ -106,6 +123,9 @@ pub fn router(state: AppState) -> Router {
             },
         )
         .with_state(state)
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            body::BODY_IDLE_TIMEOUT,
+        ))
 }
 
 /// An error in the shape of the API its path belongs to: the query

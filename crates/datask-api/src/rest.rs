@@ -178,7 +178,11 @@ async fn read_task_input(
                     }
                     json.extend_from_slice(&chunk);
                 }
-                task = Some(crate::body::parse_json_object(&json)?);
+                // Named by its part: the task as a whole is what is wrong.
+                task = Some(crate::body::parse_json_object(&json).map_err(|e| match e {
+                    ApiError::BadRequest(m) => ApiError::invalid("task", m),
+                    e => e,
+                })?);
             }
             "file" if upload.is_none() => {
                 let filename = field.file_name().map(str::to_string);

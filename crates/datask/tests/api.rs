@@ -28,6 +28,7 @@ on_both_stores!(
     access_matrix,
     tenant_settings,
     export_of_a_segment,
+    oversized_and_incomplete_bodies,
 );
 
 /// Reads a CSV into rows of cells, numbers normalised so `3.50` equals `3.5`.
@@ -1671,6 +1672,48 @@ async fn export_of_a_segment(b: Backend) {
     assert_eq!(
         (status, body["error"]["field"].as_str()),
         (400, Some("trigger.segment")),
+        "{body}"
+    );
+    s.stop().await;
+}
+
+/// A declared length over the limit is refused before any body arrives; a
+/// missing field is named.
+async fn oversized_and_incomplete_bodies(b: Backend) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = start(b).await;
+    let t = s.tenant("shop").await;
+    let addr = s.url.trim_start_matches("http://").to_string();
+    for path in [
+        "/tasks",
+        "/uploads?filename=a.csv",
+        "/api/external/list/task",
+    ] {
+        let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 999999999999\r\n\r\n{{}}",
+            t.key
+        );
+        conn.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = vec![0u8; 1024];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), conn.read(&mut answer))
+            .await
+            .expect("answered without waiting for the body")
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer[..n]).to_string();
+        assert!(answer.starts_with("HTTP/1.1 413"), "{path}: {answer}");
+    }
+    let (status, body) = s
+        .call(
+            "POST",
+            "/segments",
+            &t.key,
+            Some(json!({ "filter": { "field": "country", "op": "eq", "value": "NL" } })),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["field"].as_str()),
+        (400, Some("name")),
         "{body}"
     );
     s.stop().await;
