@@ -253,6 +253,16 @@ impl Schema {
                     shown(name)
                 )));
                 slots.push(Slot::Ignored);
+            } else if self.checks_attribute_object
+                && self.attributes.iter().any(|(n, _)| n == name)
+            {
+                // The generic import takes exactly the index's columns.
+                problems.push(problem(format!(
+                    "Column '{}' is a profile attribute: give it inside the 'attributes' column as a JSON object, or import the file with profile_import",
+                    shown(name)
+                )));
+                fatal = true;
+                slots.push(Slot::Ignored);
             } else {
                 problems.push(problem(format!(
                     "Column '{}' is not a recognized field of index '{}'",
