@@ -619,7 +619,16 @@ pub(crate) async fn list(
                     ApiError::invalid("state", format!("'{value}' is not one of READY, INPROGRESS, DONE, ERROR, FATAL, CANCELLED"))
                 })?)
             }
-            "identifier" => filter.identifier = Some(value.clone()),
+            "identifier" => {
+                if state.registry.get(value).is_none() {
+                    let known: Vec<&str> = state.registry.identifiers().collect();
+                    return Err(ApiError::invalid(
+                        "identifier",
+                        format!("unknown identifier '{value}'; available: {}", known.join(", ")),
+                    ));
+                }
+                filter.identifier = Some(value.clone())
+            }
             "created_after" => filter.created_after = Some(parse_instant("created_after", value, &utc)?),
             "created_before" => filter.created_before = Some(parse_instant("created_before", value, &utc)?),
             "cursor" => filter.before_id = Some(value.parse().map_err(|_| ApiError::invalid("cursor", format!("'{value}' is not a cursor from next_cursor")))?),

@@ -253,8 +253,7 @@ impl Schema {
                     shown(name)
                 )));
                 slots.push(Slot::Ignored);
-            } else if self.checks_attribute_object
-                && self.attributes.iter().any(|(n, _)| n == name)
+            } else if self.checks_attribute_object && self.attributes.iter().any(|(n, _)| n == name)
             {
                 // The generic import takes exactly the index's columns.
                 problems.push(problem(format!(

@@ -35,11 +35,18 @@ pub(crate) async fn task_filter(
     let settings = ctx.store.profile_settings(ctx.task.tenant_id).await?;
     let now = Timestamp::now();
     let mut parts = Vec::new();
+    // A filter that no longer fits the tenant's fields (an attribute was
+    // removed since it was accepted) is the input's problem: ERROR.
     if let Some(seg) = &trigger.segment {
-        parts.push(
-            parse_with(index, &settings.attributes, seg, "trigger.segment", now)
-                .map_err(|e| TaskError::Fatal(e.to_string()))?,
-        );
+        match parse_with(index, &settings.attributes, seg, "trigger.segment", now) {
+            Ok(f) => parts.push(f),
+            Err(e) => {
+                return Ok(Err(input_error(
+                    "trigger[segment]",
+                    format!("The segment no longer fits this tenant's fields: {e}"),
+                )));
+            }
+        }
     }
     if let Some(id) = &trigger.segment_id {
         let id: i64 = id
@@ -51,8 +58,16 @@ pub(crate) async fn task_filter(
                 format!("Segment {id} does not exist"),
             )));
         };
-        let profiles = parse_with(&USERS, &settings.attributes, &saved.filter, "segment", now)
-            .map_err(|e| TaskError::Fatal(format!("saved segment {id}: {e}")))?;
+        let profiles = match parse_with(&USERS, &settings.attributes, &saved.filter, "segment", now)
+        {
+            Ok(f) => f,
+            Err(e) => {
+                return Ok(Err(input_error(
+                    "trigger[segment_id]",
+                    format!("Segment {id} no longer fits this tenant's fields: {e}"),
+                )));
+            }
+        };
         parts.push(follow(index, profiles));
     }
     Ok(Ok(Some(if parts.len() == 1 {

@@ -733,6 +733,12 @@ async fn list_filters_and_cursor(b: Backend) {
         .call("GET", "/tasks?identifier=import", &t.key, None)
         .await;
     assert_eq!(none["tasks"].as_array().unwrap().len(), 0);
+    let (status, body) = s.call("GET", "/tasks?identifier=nope", &t.key, None).await;
+    assert_eq!(
+        (status, body["error"]["field"].as_str()),
+        (400, Some("identifier")),
+        "{body}"
+    );
     let future = (jiff::Timestamp::now() + jiff::SignedDuration::from_hours(2)).to_string();
     let (_, after) = s
         .call(

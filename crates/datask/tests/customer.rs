@@ -7,6 +7,7 @@ use common::{Backend, Tenant, TestServer, start};
 use serde_json::{Value, json};
 
 on_both_stores!(
+    segments_that_no_longer_fit_end_in_error,
     seed_sample_error_reports_word_for_word,
     profile_import_upserts_attributes_and_reports_rows,
     segments_lists_and_campaign_audiences,
@@ -1069,5 +1070,50 @@ async fn generic_import_into_users_checks_attributes(b: Backend) {
     assert_eq!(stored.len(), 1, "{stored:?}");
     assert_eq!(stored[0]["user_id"], "u1");
     assert_eq!(stored[0]["attributes"], json!({ "ltv": 12.0 }));
+    s.stop().await;
+}
+
+/// A saved segment made invalid by a settings change after it was saved is
+/// the input's problem: the run ends in ERROR naming it, not FATAL.
+async fn segments_that_no_longer_fit_end_in_error(b: Backend) {
+    let s = start(b).await;
+    let t = s.tenant("refit").await;
+    let (status, body) = s
+        .call(
+            "PUT",
+            "/settings",
+            &t.key,
+            Some(json!({ "attributes": [{ "name": "points", "type": "number" }] })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = s
+        .call("POST", "/segments", &t.key, Some(json!({ "name": "rich", "filter": { "field": "points", "op": "gte", "value": 100 } })))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let id = body["id"].as_i64().unwrap();
+    let (status, body) = s
+        .call(
+            "PUT",
+            "/settings",
+            &t.key,
+            Some(json!({ "attributes": [] })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let done = run(
+        &s,
+        &t,
+        json!({ "identifier": "segment_count_recipients", "trigger": { "segment_id": id } }),
+    )
+    .await;
+    assert_eq!(done["state"]["code"], "ERROR", "{done}");
+    assert!(
+        done["errors"]["trigger[segment_id]"][0]
+            .as_str()
+            .unwrap()
+            .contains("no longer fits"),
+        "{done}"
+    );
     s.stop().await;
 }
