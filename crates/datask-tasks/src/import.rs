@@ -418,15 +418,25 @@ impl Import {
         let groups = ctx.store.reject_summary(ctx.task.id).await?;
         let mut result = None;
         if !groups.is_empty() {
-            let lines: Vec<String> = groups
+            // Groups are kept by (code, column); two whose messages read the
+            // same (an empty key in either column of a two-column key) are
+            // reported as one, as the reader sees one problem.
+            let mut merged: Vec<(String, i64, Vec<i64>)> = Vec::new();
+            for g in &groups {
+                let message = report::row_message(&g.code, g.column.as_deref());
+                match merged.iter_mut().find(|(m, _, _)| *m == message) {
+                    Some((_, count, rows)) => {
+                        *count += g.count;
+                        rows.extend(&g.first_rows);
+                        rows.sort_unstable();
+                        rows.dedup();
+                    }
+                    None => merged.push((message, g.count, g.first_rows.clone())),
+                }
+            }
+            let lines: Vec<String> = merged
                 .iter()
-                .map(|g| {
-                    report::format_group(
-                        &report::row_message(&g.code, g.column.as_deref()),
-                        g.count,
-                        &g.first_rows,
-                    )
-                })
+                .map(|(message, count, rows)| report::format_group(message, *count, rows))
                 .collect();
             outcome_errors.insert("file[rows]".into(), json!(lines));
             result = Some(write_failed_rows(ctx, format, &header).await?);

@@ -250,6 +250,19 @@ async fn import_reports_rejected_rows_and_failed_rows_file(b: Backend) {
         cols[0].contains("'first.name'") && cols[1].contains("'LTV'"),
         "{cols:?}"
     );
+    // Either column of a two-column key empty: one problem, one line.
+    let members = s
+        .import(
+            &t,
+            "list-members",
+            b"list_id,user_id\nl1,u1\n,u2\nl1,\nl1,u3\n".to_vec(),
+        )
+        .await;
+    assert_eq!(
+        members["errors"]["file[rows]"],
+        json!(["2 Rows must contain identifier ( Row 3, Row 4)"]),
+        "{members}"
+    );
     s.stop().await;
 }
 
