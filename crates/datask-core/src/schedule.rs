@@ -42,7 +42,9 @@ pub fn next_after(anchor: Timestamp, repeat: Repeat, tz: &TimeZone, after: Times
         Repeat::Weekly => elapsed_days / 7 - 2,
         Repeat::Monthly => elapsed_days / 31 - 2,
     }
-    .max(1);
+    // From the anchor itself: a run started early (`execute` before the
+    // first occurrence) leaves that occurrence scheduled.
+    .max(0);
     loop {
         match occurrence(civil, repeat, k, tz) {
             Some(t) if t > after => return t,
@@ -176,6 +178,18 @@ mod tests {
             "2027-06-01T06:00:00",
         ),
     ];
+
+    #[test]
+    fn an_early_run_keeps_the_first_occurrence() {
+        let tz = TimeZone::get("Europe/Amsterdam").unwrap();
+        let anchor = at("Europe/Amsterdam", "2027-05-01T09:00");
+        let early = at("Europe/Amsterdam", "2027-04-20T12:00");
+        assert_eq!(next_after(anchor, Repeat::Daily, &tz, early), anchor);
+        assert_eq!(
+            next_after(anchor, Repeat::Daily, &tz, anchor),
+            at("Europe/Amsterdam", "2027-05-02T09:00")
+        );
+    }
 
     #[test]
     fn repeat_table() {
