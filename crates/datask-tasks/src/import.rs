@@ -210,6 +210,32 @@ impl Import {
         ctx: &TaskContext,
         source: Source,
     ) -> Result<Outcome, TaskError> {
+        let mut committed = 0;
+        let loaded = self.load_counting(ctx, source, &mut committed).await;
+        if let Err(TaskError::Cancelled) = &loaded {
+            // Batches commit as they go: say how far the cancelled run got.
+            let written = if committed == 0 {
+                "nothing was written".to_string()
+            } else {
+                format!("the {committed} rows before it were checked and written")
+            };
+            let _ = ctx
+                .log(format!(
+                    "cancelled at row {} of the file; {written}",
+                    committed + 2
+                ))
+                .await;
+        }
+        loaded
+    }
+
+    /// [`Self::load`], keeping in `committed` the data rows written so far.
+    async fn load_counting(
+        &self,
+        ctx: &TaskContext,
+        source: Source,
+        committed: &mut u64,
+    ) -> Result<Outcome, TaskError> {
         let t = &ctx.task.target;
         let settings = ctx.store.profile_settings(ctx.task.tenant_id).await?;
         let schema = match self.kind {
@@ -275,6 +301,9 @@ impl Import {
             // The keys seen by an interrupted check are gone: check again.
             ctx.store.clear_rejects(ctx.task.id, ctx.fence).await?;
             cp.rows = 0;
+        }
+        if !dry_run && (!atomic || cp.validated) {
+            *committed = cp.rows;
         }
         if cp.rows > 0 {
             ctx.log(format!("resuming after row {} of the file", cp.rows + 1))
@@ -364,6 +393,9 @@ impl Import {
                             })
                             .await?;
                         cp = next;
+                        if !pass_dry_run {
+                            *committed = cp.rows;
+                        }
                         // Estimate the total from the share of bytes read so far.
                         let total = (bytes_read > 0).then(|| {
                             (rows_read as f64 * source.size as f64 / bytes_read as f64) as i64

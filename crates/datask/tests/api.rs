@@ -29,6 +29,7 @@ on_both_stores!(
     tenant_settings,
     export_of_a_segment,
     oversized_and_incomplete_bodies,
+    a_cancelled_import_says_what_it_wrote,
 );
 
 /// Reads a CSV into rows of cells, numbers normalised so `3.50` equals `3.5`.
@@ -1734,6 +1735,68 @@ async fn oversized_and_incomplete_bodies(b: Backend) {
         (status, body["error"]["field"].as_str()),
         (400, Some("name")),
         "{body}"
+    );
+    s.stop().await;
+}
+
+/// Cancelling an import mid-file: its log says how many rows were written,
+/// and exactly those are there.
+async fn a_cancelled_import_says_what_it_wrote(b: Backend) {
+    let s = start(b).await;
+    let t = s.tenant("shop").await;
+    let upload = s
+        .upload(
+            &t.key,
+            "products.csv",
+            synth_csv(&index::PRODUCTS, 400_000, 3),
+        )
+        .await;
+    let task = s
+        .create(&t.key, json!({ "target": { "action": "import", "import_index": "products", "upload_id": upload } }))
+        .await;
+    let id = task["id"].as_i64().unwrap();
+    // Once a batch is in, cancel.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let (_, now) = s.call("GET", &format!("/tasks/{id}"), &t.key, None).await;
+        if now["progress"]["done"].as_i64().unwrap_or(0) > 0 {
+            break;
+        }
+        assert!(
+            now["state"]["code"] != "DONE",
+            "finished before it could be cancelled: {now}"
+        );
+        assert!(tokio::time::Instant::now() < deadline, "{now}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let (status, body) = s
+        .call("POST", &format!("/tasks/{id}/cancel"), &t.key, None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let done = s.wait(&t.key, id, 60).await;
+    assert_eq!(done["state"]["code"], "CANCELLED", "{done}");
+    let said = done["logs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l["msg"].as_str())
+        .find(|m| m.starts_with("cancelled at row"))
+        .unwrap_or_else(|| panic!("no cancellation line: {done}"))
+        .to_string();
+    let written: i64 = said
+        .split("; the ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{said}"));
+    assert!(written > 0 && written < 400_000, "{said}");
+    assert_eq!(
+        s.store
+            .count_rows(t.id, &index::PRODUCTS, None)
+            .await
+            .unwrap(),
+        written,
+        "{said}"
     );
     s.stop().await;
 }
