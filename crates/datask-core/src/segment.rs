@@ -125,6 +125,23 @@ pub enum Filter {
     OwnedBy(Box<Filter>),
 }
 
+impl Filter {
+    /// The lists `in_list` leaves name, in order, each once.
+    pub fn lists(&self) -> Vec<&str> {
+        fn walk<'a>(f: &'a Filter, out: &mut Vec<&'a str>) {
+            match f {
+                Filter::All(fs) | Filter::Any(fs) => fs.iter().for_each(|f| walk(f, out)),
+                Filter::Not(f) | Filter::OwnedBy(f) => walk(f, out),
+                Filter::InList { list } if !out.contains(&list.as_str()) => out.push(list),
+                _ => {}
+            }
+        }
+        let mut out = Vec::new();
+        walk(self, &mut out);
+        out
+    }
+}
+
 /// A mistake in a segment, with where it is (`trigger.segment.all[1].op`).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{path}: {message}")]

@@ -70,11 +70,27 @@ pub(crate) async fn task_filter(
         };
         parts.push(follow(index, profiles));
     }
-    Ok(Ok(Some(if parts.len() == 1 {
+    let filter = if parts.len() == 1 {
         parts.pop().expect("one")
     } else {
         Filter::All(parts)
-    })))
+    };
+    // A list that is not there is a mistake, as `list_export` says, rather
+    // than an audience of nobody.
+    for list in filter.lists() {
+        if !crate::lists::list_exists(ctx, list).await? {
+            let key = if trigger.segment.is_some() {
+                "trigger[segment]"
+            } else {
+                "trigger[segment_id]"
+            };
+            return Ok(Err(input_error(
+                key,
+                format!("List '{list}' does not exist"),
+            )));
+        }
+    }
+    Ok(Ok(Some(filter)))
 }
 
 /// A filter over profiles, applied to `index`.

@@ -112,6 +112,15 @@ impl ListTarget {
     }
 }
 
+/// A list is there if it was described (`lists`) or has members
+/// (`list_import` adds members only); otherwise its id is a mistake.
+pub(crate) async fn list_exists(ctx: &TaskContext, list: &str) -> Result<bool, TaskError> {
+    Ok(find_row(ctx, &LISTS, "list_id", list).await?.is_some()
+        || find_row(ctx, &LIST_MEMBERS, "list_id", list)
+            .await?
+            .is_some())
+}
+
 /// `list_export`: the profiles on `target.list_id`, in any export format.
 pub struct ListExport;
 
@@ -130,13 +139,7 @@ impl Handler for ListExport {
     async fn run(&self, ctx: &TaskContext) -> Result<Outcome, TaskError> {
         let t = &ctx.task.target;
         let list = list_id(t).map_err(|e| TaskError::Fatal(e.to_string()))?;
-        // A list is there if it was described (`lists`) or has members
-        // (`list_import` adds members only); otherwise the id is a mistake.
-        if find_row(ctx, &LISTS, "list_id", list).await?.is_none()
-            && find_row(ctx, &LIST_MEMBERS, "list_id", list)
-                .await?
-                .is_none()
-        {
+        if !list_exists(ctx, list).await? {
             return Ok(input_error(
                 "target[list_id]",
                 format!("List '{list}' does not exist"),

@@ -1115,5 +1115,13 @@ async fn segments_that_no_longer_fit_end_in_error(b: Backend) {
             .contains("no longer fits"),
         "{done}"
     );
+    // A list that is not there is named, not an audience of nobody.
+    let done = run(&s, &t, json!({ "identifier": "segment_count_recipients", "trigger": { "segment": { "not": { "field": "user_id", "op": "in_list", "value": "nolist" } } } })).await;
+    assert_eq!(done["state"]["code"], "ERROR", "{done}");
+    assert_eq!(
+        done["errors"]["trigger[segment]"],
+        json!(["List 'nolist' does not exist"]),
+        "{done}"
+    );
     s.stop().await;
 }
