@@ -99,7 +99,7 @@ pub fn router(state: AppState) -> Router {
         // Uploads stream with their own, larger limit.
         .merge(uploads::router().layer(upload_declared))
         .merge(console::router())
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .route("/openapi.json", get(openapi::document))
         .route("/metrics", get(metrics))
         .route("/readyz", get(readyz))
@@ -137,6 +137,12 @@ fn in_dialect_of(uri: &axum::http::Uri, e: ApiError) -> axum::response::Response
     } else {
         e.into_response()
     }
+}
+
+/// The process answers HTTP (liveness; `/readyz` also checks the store).
+#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, body = String)))]
+pub(crate) async fn healthz() -> &'static str {
+    "ok"
 }
 
 #[utoipa::path(get, path = "/readyz", tag = "health", responses((status = 200, body = String), (status = 500, body = crate::openapi::ErrorBody)))]

@@ -156,7 +156,7 @@ impl Modify for Bearer {
         crate::admin::create_tenant, crate::admin::create_user, crate::admin::set_member,
         crate::settings::read, crate::settings::update,
         crate::segments::list, crate::segments::create, crate::segments::read, crate::segments::update, crate::segments::remove,
-        crate::readyz, crate::metrics,
+        crate::healthz, crate::readyz, crate::metrics,
     ),
     modifiers(&Bearer)
 )]
@@ -204,6 +204,7 @@ mod tests {
             "/admin/tenants",
             "/admin/users",
             "/admin/tenants/{id}/members/{user_id}",
+            "/healthz",
             "/readyz",
             "/settings",
             "/metrics",
