@@ -364,4 +364,100 @@ async fn kill_mid_profile_import(backend: Backend) {
     p.kill9();
 }
 
-on_both_stores!(kill_mid_import_and_export, kill_mid_profile_import);
+/// kill -9 during a directory sync: the restarted run resumes the copy it
+/// fetched (the endpoint, which answers differently the second time, is
+/// asked once) and every row lands once.
+async fn kill_mid_sync(backend: Backend) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let Started {
+        dir,
+        db,
+        http,
+        p,
+        tenant,
+    } = started(backend, "kill-sync").await;
+    let key = tenant["privileged_key"].as_str().unwrap().to_string();
+    let mut full = String::from("user_id,email,first_name\n");
+    for i in 0..ROWS {
+        full.push_str(&format!("u{i:07},p{i}@example.com,Name {i}\n"));
+    }
+    let asked = Arc::new(AtomicUsize::new(0));
+    let app = {
+        let asked = asked.clone();
+        axum::Router::new().route(
+            "/ad/profiles",
+            axum::routing::get(move || {
+                let asked = asked.clone();
+                let full = full.clone();
+                async move {
+                    // A second fetch would get another directory.
+                    if asked.fetch_add(1, Ordering::SeqCst) == 0 {
+                        full
+                    } else {
+                        "user_id\nsomeone-else\n".to_string()
+                    }
+                }
+            }),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}/ad", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    call(
+        &http,
+        &p.url,
+        "PUT",
+        "/settings",
+        &key,
+        Some(json!({ "integrations": { "active_directory": { "url": endpoint } } })),
+    )
+    .await;
+    let task = call(
+        &http,
+        &p.url,
+        "POST",
+        "/tasks",
+        &key,
+        Some(json!({ "identifier": "active_directory_profiles_sync" })),
+    )
+    .await;
+    let id = task["id"].as_i64().unwrap();
+    wait_mid_run(&http, &p.url, &key, id).await;
+    p.kill9();
+
+    let p = spawn(dir.path(), db.as_deref());
+    let done = wait_finished(&http, &p.url, &key, id).await;
+    assert_eq!(done["state"]["code"], "DONE", "{done}");
+    assert_eq!(done["attempts"], 2, "{done}");
+    assert_eq!(asked.load(Ordering::SeqCst), 1, "fetched again: {done}");
+    assert!(
+        done["logs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["msg"].as_str().unwrap().starts_with("resuming the copy")),
+        "{done}"
+    );
+    assert_eq!(done["output"]["applied"], ROWS, "{done}");
+    let task = call(
+        &http,
+        &p.url,
+        "POST",
+        "/tasks",
+        &key,
+        Some(json!({ "identifier": "segment_count_recipients" })),
+    )
+    .await;
+    let count = wait_finished(&http, &p.url, &key, task["id"].as_i64().unwrap()).await;
+    assert_eq!(count["output"]["count"], ROWS, "{count}");
+    // The copy went with the run.
+    assert!(published_files(dir.path(), tenant["id"].as_i64().unwrap(), id).is_empty());
+    p.kill9();
+}
+
+on_both_stores!(
+    kill_mid_import_and_export,
+    kill_mid_profile_import,
+    kill_mid_sync
+);
