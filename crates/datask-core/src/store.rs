@@ -420,6 +420,13 @@ pub trait Store: Send + Sync + 'static {
     /// Forgets an upload (its bytes are the file store's to delete); a
     /// missing one is not an error.
     async fn delete_upload(&self, tenant: TenantId, id: &str) -> StoreResult<()>;
+    /// Uploads created before `created_before` that no READY or INPROGRESS
+    /// task names as its `target.upload_id`, oldest first, at most `limit`.
+    async fn expired_uploads(
+        &self,
+        created_before: Timestamp,
+        limit: i64,
+    ) -> StoreResult<Vec<Upload>>;
 
     // ----- data indexes -----
     async fn import_batch(&self, batch: ImportBatch) -> StoreResult<BatchOutcome>;

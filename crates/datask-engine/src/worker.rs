@@ -39,6 +39,9 @@ pub struct EngineConfig {
     pub task_timeout: Duration,
     /// First retry delay; doubles per attempt.
     pub backoff: Duration,
+    /// Uploads older than this that no waiting or running task names are
+    /// deleted (by the leader); None keeps them.
+    pub upload_ttl: Option<Duration>,
 }
 
 impl Default for EngineConfig {
@@ -51,9 +54,13 @@ impl Default for EngineConfig {
             grace: Duration::from_secs(10),
             task_timeout: Duration::from_secs(6 * 3600),
             backoff: Duration::from_secs(2),
+            upload_ttl: Some(Duration::from_secs(7 * 24 * 3600)),
         }
     }
 }
+
+/// How often the leader looks for expired uploads.
+const UPLOAD_SWEEP_EVERY: Duration = Duration::from_secs(600);
 
 /// What one `tick` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -215,6 +222,7 @@ impl Engine {
 
     async fn rescue_loop(self, shutdown: CancellationToken) {
         let every = (self.config.lease / 3).max(Duration::from_millis(200));
+        let mut last_sweep: Option<tokio::time::Instant> = None;
         loop {
             let now = Timestamp::now();
             match self
@@ -222,11 +230,19 @@ impl Engine {
                 .try_lead(&self.config.node, self.config.lease, now)
                 .await
             {
-                Ok(true) => match self.store.reclaim_expired(now).await {
-                    Ok(ids) if !ids.is_empty() => tracing::info!(?ids, "reclaimed expired leases"),
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "reclaim failed"),
-                },
+                Ok(true) => {
+                    match self.store.reclaim_expired(now).await {
+                        Ok(ids) if !ids.is_empty() => {
+                            tracing::info!(?ids, "reclaimed expired leases")
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "reclaim failed"),
+                    }
+                    if last_sweep.is_none_or(|t| t.elapsed() >= UPLOAD_SWEEP_EVERY) {
+                        last_sweep = Some(tokio::time::Instant::now());
+                        self.sweep_uploads(now).await;
+                    }
+                }
                 Ok(false) => {}
                 Err(e) => tracing::warn!(error = %e, "leader election failed"),
             }
@@ -234,6 +250,45 @@ impl Engine {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(every) => {}
             }
+        }
+    }
+
+    /// Deletes expired uploads, file first: a row without its file would
+    /// name bytes that are gone, a file without its row is swept next time.
+    async fn sweep_uploads(&self, now: Timestamp) {
+        let Some(ttl) = self.config.upload_ttl else {
+            return;
+        };
+        let Ok(ttl) = jiff::SignedDuration::try_from(ttl) else {
+            return;
+        };
+        let Ok(before) = now.checked_sub(ttl) else {
+            return;
+        };
+        let expired = match self.store.expired_uploads(before, 1000).await {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not list expired uploads");
+                return;
+            }
+        };
+        let mut deleted = 0;
+        for u in expired {
+            match self.files.delete(&u.object_key).await {
+                Ok(()) | Err(crate::files::FileError::NotFound) => {}
+                Err(e) => {
+                    tracing::warn!(upload = %u.id, error = %e, "could not delete an expired upload");
+                    continue;
+                }
+            }
+            if let Err(e) = self.store.delete_upload(u.tenant_id, &u.id).await {
+                tracing::warn!(upload = %u.id, error = %e, "could not forget an expired upload");
+                continue;
+            }
+            deleted += 1;
+        }
+        if deleted > 0 {
+            tracing::info!(deleted, "deleted expired uploads");
         }
     }
 

@@ -52,7 +52,8 @@ on_both_stores!(
     cancel_reaches_a_running_handler,
     lost_lease_records_nothing,
     shutdown_releases_running_tasks,
-    tenant_concurrency_is_a_ceiling
+    tenant_concurrency_is_a_ceiling,
+    expired_uploads_are_deleted
 );
 
 struct Harness {
@@ -374,4 +375,79 @@ async fn tenant_concurrency_is_a_ceiling(b: Backend) {
     );
     stop.cancel();
     engine.await.unwrap();
+}
+
+/// The leader deletes uploads past their time (file and row) unless a
+/// waiting task names one; recent ones stay.
+async fn expired_uploads_are_deleted(b: Backend) {
+    use datask_core::store::Upload;
+    use tokio::io::AsyncWriteExt;
+    let h = harness(b, 4).await;
+    let now = Timestamp::now();
+    let old = now - jiff::SignedDuration::from_hours(8 * 24);
+    for (id, created_at) in [("old", old), ("needed", old), ("recent", now)] {
+        let key = FileStore::upload_key(h.tenant, id);
+        let mut w = h.files.writer(&key);
+        w.write_all(b"user_id\nu1\n").await.unwrap();
+        w.shutdown().await.unwrap();
+        h.store
+            .insert_upload(Upload {
+                id: id.into(),
+                tenant_id: h.tenant,
+                size: 11,
+                sha256: "00".into(),
+                object_key: key,
+                filename: None,
+                created_at,
+            })
+            .await
+            .unwrap();
+    }
+    // A task waiting until tomorrow still needs its file.
+    let tomorrow = now + jiff::SignedDuration::from_hours(24);
+    let waiting = NewTask {
+        tenant_id: h.tenant,
+        identifier: "import".into(),
+        desc: String::new(),
+        trigger: Trigger::default(),
+        target: serde_json::json!({ "upload_id": "needed" })
+            .as_object()
+            .cloned()
+            .unwrap(),
+        max_attempts: 1,
+        priority: 10,
+        run_at: tomorrow,
+        idempotency_key: None,
+    };
+    h.store.insert_task(waiting, now).await.unwrap();
+    let (stop, handle) = h.start(Registry::new(), 1, Duration::from_secs(2));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while h.store.get_upload(h.tenant, "old").await.unwrap().is_some() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the old upload is still there"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.cancel();
+    handle.await.unwrap();
+    assert!(
+        h.files
+            .size(&FileStore::upload_key(h.tenant, "old"))
+            .await
+            .is_err()
+    );
+    for kept in ["needed", "recent"] {
+        assert!(
+            h.store.get_upload(h.tenant, kept).await.unwrap().is_some(),
+            "{kept}"
+        );
+        assert!(
+            h.files
+                .size(&FileStore::upload_key(h.tenant, kept))
+                .await
+                .is_ok(),
+            "{kept}"
+        );
+    }
 }

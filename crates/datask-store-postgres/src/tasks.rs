@@ -942,6 +942,40 @@ impl Store for PgStore {
         Ok(())
     }
 
+    async fn expired_uploads(
+        &self,
+        created_before: Timestamp,
+        limit: i64,
+    ) -> StoreResult<Vec<Upload>> {
+        let rows = sqlx::query(
+            "SELECT id, tenant_id, size, sha256, object_key, filename, created_at FROM uploads u
+             WHERE created_at < $1 AND NOT EXISTS (
+                 SELECT 1 FROM tasks t WHERE t.tenant_id = u.tenant_id
+                   AND t.state IN ('READY', 'INPROGRESS')
+                   AND t.target->>'upload_id' = u.id)
+             ORDER BY created_at LIMIT $2",
+        )
+        .bind(pg(created_before))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.iter()
+            .map(|r| -> Result<Upload, sqlx::Error> {
+                Ok(Upload {
+                    id: r.try_get(0)?,
+                    tenant_id: r.try_get(1)?,
+                    size: r.try_get(2)?,
+                    sha256: r.try_get(3)?,
+                    object_key: r.try_get(4)?,
+                    filename: r.try_get(5)?,
+                    created_at: time(r, "created_at")?,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(backend)
+    }
+
     async fn get_upload(&self, tenant: TenantId, id: &str) -> StoreResult<Option<Upload>> {
         let row = sqlx::query("SELECT id, tenant_id, size, sha256, object_key, filename, created_at FROM uploads WHERE id = $1 AND tenant_id = $2")
             .bind(id)

@@ -794,6 +794,36 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn expired_uploads(
+        &self,
+        created_before: Timestamp,
+        limit: i64,
+    ) -> StoreResult<Vec<Upload>> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, tenant_id, size, sha256, object_key, filename, created_at FROM uploads u
+                 WHERE created_at < ?1 AND NOT EXISTS (
+                     SELECT 1 FROM tasks t WHERE t.tenant_id = u.tenant_id
+                       AND t.state IN ('READY', 'INPROGRESS')
+                       AND json_extract(t.target, '$.upload_id') = u.id)
+                 ORDER BY created_at LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![micros(created_before), limit], |r| {
+                Ok(Upload {
+                    id: r.get(0)?,
+                    tenant_id: r.get(1)?,
+                    size: r.get(2)?,
+                    sha256: r.get(3)?,
+                    object_key: r.get(4)?,
+                    filename: r.get(5)?,
+                    created_at: from_micros(r.get(6)?),
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
     async fn get_upload(&self, tenant: TenantId, id: &str) -> StoreResult<Option<Upload>> {
         let id = id.to_string();
         self.lookup(move |c| {

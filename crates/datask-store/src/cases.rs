@@ -742,6 +742,56 @@ pub async fn uploads(s: S) {
     assert!(s.get_upload(a, "u1").await.unwrap().is_none());
 }
 
+/// Old uploads no waiting or running task needs are found for deletion,
+/// across tenants, oldest first; one a READY task names is kept until the
+/// task has run.
+pub async fn expired_uploads_spare_pending_tasks(s: S) {
+    let a = tenant(&s, 4).await;
+    let b = tenant(&s, 4).await;
+    let upload = |id: &str, tenant: i64, created_at: Timestamp| Upload {
+        id: id.into(),
+        tenant_id: tenant,
+        size: 1,
+        sha256: "00".into(),
+        object_key: format!("uploads/{tenant}/{id}"),
+        filename: None,
+        created_at,
+    };
+    s.insert_upload(upload("old-b", b, at(1))).await.unwrap();
+    s.insert_upload(upload("old-a", a, at(0))).await.unwrap();
+    s.insert_upload(upload("used", a, at(2))).await.unwrap();
+    s.insert_upload(upload("new", a, at(100))).await.unwrap();
+    let mut task = new_task(a, at(0));
+    task.target = json!({"action": "import", "upload_id": "used"})
+        .as_object()
+        .cloned()
+        .unwrap();
+    let id = insert(&s, task).await;
+    // Another tenant's task naming the same id protects nothing of a's.
+    let mut other = new_task(b, at(1000));
+    other.target = json!({"action": "import", "upload_id": "old-b"})
+        .as_object()
+        .cloned()
+        .unwrap();
+    insert(&s, other).await;
+    let ids = |v: Vec<Upload>| v.into_iter().map(|u| u.id).collect::<Vec<_>>();
+    assert_eq!(ids(s.expired_uploads(at(50), 10).await.unwrap()), ["old-a"]);
+    assert_eq!(
+        ids(s.expired_uploads(at(50), 0).await.unwrap()),
+        Vec::<String>::new()
+    );
+    let c = claim_one(&s, at(0)).await;
+    assert_eq!(c.task.id, id);
+    assert_eq!(ids(s.expired_uploads(at(50), 10).await.unwrap()), ["old-a"]);
+    s.complete(c.task.id, c.fence, done(TaskState::Done, at(3)))
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(s.expired_uploads(at(50), 10).await.unwrap()),
+        ["old-a", "used"]
+    );
+}
+
 fn product_row(row: i64, key: &str, name: Option<&str>, price: Option<f64>) -> ImportRow {
     ImportRow {
         row,

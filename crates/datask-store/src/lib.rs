@@ -13,7 +13,8 @@ macro_rules! conformance_tests {
             update_and_versions, claim_order_due_and_limit, claim_honours_tenant_concurrency,
             concurrent_claimers_never_share, fencing_after_reclaim, heartbeat_and_cancel,
             complete_and_reschedule, retry_release_and_reclaim_to_fatal, execute_and_delete,
-            next_due_and_wake_ups, leadership, uploads, import_upserts_and_duplicates,
+            next_due_and_wake_ups, leadership, uploads, expired_uploads_spare_pending_tasks,
+            import_upserts_and_duplicates,
             rejects_summary_and_paging, dry_run_and_counts, export_every_type_in_key_order,
             segment_filters, profile_segments_and_erasure, saved_segments,
             complete_many_and_running_counts);

@@ -56,6 +56,18 @@ struct EngineArgs {
     /// Seconds running tasks get to finish on shutdown before they are released.
     #[arg(long, env = "DATASK_GRACE_SECS", default_value_t = 10)]
     grace_secs: u64,
+    /// Uploads older than this many hours are deleted unless a waiting or running task names them; 0 keeps them forever.
+    #[arg(long, env = "DATASK_UPLOAD_TTL_HOURS", default_value_t = 168)]
+    upload_ttl_hours: u64,
+}
+
+impl EngineArgs {
+    fn config(&self) -> datask_engine::EngineConfig {
+        let mut config = app::engine_config(self.workers, self.lease_secs, self.grace_secs);
+        config.upload_ttl = (self.upload_ttl_hours > 0)
+            .then(|| std::time::Duration::from_secs(self.upload_ttl_hours.saturating_mul(3600)));
+        config
+    }
 }
 
 #[derive(Args)]
@@ -137,7 +149,7 @@ async fn run() -> anyhow::Result<()> {
             let server = Server {
                 store,
                 files,
-                engine_config: app::engine_config(e.workers, e.lease_secs, e.grace_secs),
+                engine_config: e.config(),
                 api: None,
             };
             app::run(server, app::shutdown_on_signals()).await
@@ -179,7 +191,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let server = Server {
         store,
         files,
-        engine_config: app::engine_config(e.workers, e.lease_secs, e.grace_secs),
+        engine_config: e.config(),
         api: Some((listener, config, key)),
     };
     app::run(server, app::shutdown_on_signals()).await
