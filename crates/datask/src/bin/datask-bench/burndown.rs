@@ -1,4 +1,4 @@
-//! `burndown`: no-op tasks enqueued through the store, then drained by the
+//! `burndown`: no-op tasks enqueued in bulk through the store, then drained by the
 //! engine (claim, run, complete, full history kept), per backend; on
 //! PostgreSQL, graphile-worker draining as many no-op jobs on the same
 //! server in the same run (when `--graphile` names its installed harness);
@@ -161,13 +161,14 @@ async fn round(
 ) -> anyhow::Result<(Duration, Duration)> {
     let (_dir, store, files, tenant) = fresh(database_url, slots).await?;
     let now = jiff::Timestamp::now();
+    let batch: Vec<NewTask> = (0..n).map(|_| noop(tenant, Map::new(), now)).collect();
     let t = Instant::now();
-    for _ in 0..n {
-        store
-            .insert_task(noop(tenant, Map::new(), now), now)
-            .await?;
-    }
+    let enqueued = store.insert_tasks(batch, now).await?;
     let enqueue = t.elapsed();
+    anyhow::ensure!(
+        enqueued.len() as u64 == n && enqueued.iter().all(|e| e.created),
+        "the bulk insert did not create every task"
+    );
     let mut registry = Registry::new();
     registry.register(NoOp(None));
     let mut config = app::engine_config(slots, 30, 5);
@@ -356,7 +357,7 @@ pub async fn measure(o: &Opts) -> anyhow::Result<String> {
          {}.\n\n| store | load | tasks | p50 | p99 |\n|---|---|---|---|---|\n{lat}\n",
         machine()
     ) + &format!(
-        "### No-op burn-down\n\nTasks enqueued one `insert_task` at a time, then drained by one engine \
+        "### No-op burn-down\n\nTasks enqueued in bulk (one `insert_tasks` call, one transaction), then drained by one engine \
          with {} slots (claim, run, complete; the full history is kept). {} Median of {} runs, {}. \
          Command: `datask-bench burndown --tasks {} --slots {}`.\n\n\
          | store | tasks | enqueue | drain |\n|---|---|---|---|\n{rows}\n",
