@@ -434,6 +434,9 @@ impl Store for PgStore {
     }
 
     async fn insert_tasks(&self, new: Vec<NewTask>, now: Timestamp) -> StoreResult<Vec<Enqueued>> {
+        if new.is_empty() {
+            return Ok(vec![]);
+        }
         let mut out: Vec<Option<Enqueued>> = vec![None; new.len()];
         // A key repeated within the batch is the first one's task: only the
         // first travels (ON CONFLICT DO NOTHING would drop the repeat, but
@@ -518,7 +521,7 @@ impl Store for PgStore {
                 anchors.push(anchor_for(&t.trigger));
                 keys.push(t.idempotency_key.as_deref());
             }
-            let rows: Vec<(i64, Option<TaskId>, bool)> = sqlx::query_as(sql)
+            let rows: Result<Vec<(i64, Option<TaskId>, bool)>, _> = sqlx::query_as(sql)
                 .bind(&tenants)
                 .bind(&identifiers)
                 .bind(&descs)
@@ -531,8 +534,13 @@ impl Store for PgStore {
                 .bind(&keys)
                 .bind(pg(now))
                 .fetch_all(&mut *tx)
-                .await
-                .map_err(backend)?;
+                .await;
+            // Ended now, not when the connection is next used: until then the
+            // failed batch's keys would hold up anyone inserting the same ones.
+            let rows = match rows {
+                Ok(rows) => rows,
+                Err(e) => return refuse(tx, backend(e)).await,
+            };
             let mut again = Vec::new();
             for (ord, id, created) in rows {
                 let i = pending[(ord - 1) as usize];
