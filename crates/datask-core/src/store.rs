@@ -141,6 +141,15 @@ pub struct InsertedTask {
     pub created: bool,
 }
 
+/// One task of an `insert_tasks` batch, in the batch's order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Enqueued {
+    pub id: TaskId,
+    /// False when its `Idempotency-Key` matched an earlier task (stored
+    /// before, or earlier in the same batch): `id` is that task's.
+    pub created: bool,
+}
+
 #[derive(Debug, Clone)]
 pub struct ClaimedTask {
     pub task: Task,
@@ -268,6 +277,11 @@ pub type RowStream = BoxStream<'static, StoreResult<Vec<Vec<Value>>>>;
 ///   `schedule_anchor` = `trigger.once` when `trigger.repeat` is set.
 ///   `(tenant, idempotency_key)` is unique; a repeat returns the first task
 ///   with `created: false`.
+/// * `insert_tasks`: each task as `insert_task` would insert it, in order,
+///   all in one transaction (all or none); answers one `Enqueued` per task
+///   in the same order. A key already stored, or repeated within the batch,
+///   gives the first task's id with `created: false`. One wake-up for the
+///   batch.
 /// * Every change bumps `version` and sets `modified_at`.
 /// * `update_task` replaces desc, trigger, target, run_at (and the anchor);
 ///   Conflict while INPROGRESS; VersionConflict when `expected_version` is
@@ -328,6 +342,9 @@ pub trait Store: Send + Sync + 'static {
     // ----- tasks, as clients see them -----
     /// Inserts, or with a known idempotency key returns the first task.
     async fn insert_task(&self, new: NewTask, now: Timestamp) -> StoreResult<InsertedTask>;
+    /// Inserts many at once (one transaction), answering ids rather than
+    /// whole tasks; idempotency keys as `insert_task`.
+    async fn insert_tasks(&self, new: Vec<NewTask>, now: Timestamp) -> StoreResult<Vec<Enqueued>>;
     async fn get_task(&self, tenant: TenantId, id: TaskId) -> StoreResult<Option<Task>>;
     async fn list_tasks(&self, tenant: TenantId, filter: &TaskFilter) -> StoreResult<Vec<Task>>;
     /// The query dialect's `list/task`: conditions, order, limit, offset.

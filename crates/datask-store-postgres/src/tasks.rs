@@ -433,6 +433,151 @@ impl Store for PgStore {
         ))
     }
 
+    async fn insert_tasks(&self, new: Vec<NewTask>, now: Timestamp) -> StoreResult<Vec<Enqueued>> {
+        if new.is_empty() {
+            return Ok(vec![]);
+        }
+        let mut out: Vec<Option<Enqueued>> = vec![None; new.len()];
+        // A key repeated within the batch is the first one's task: only the
+        // first travels (ON CONFLICT DO NOTHING would drop the repeat, but
+        // its answer could not name the row the same statement wrote).
+        let mut first_of_key: std::collections::HashMap<(TenantId, &str), usize> =
+            std::collections::HashMap::new();
+        let mut repeats = Vec::new();
+        let mut pending = Vec::with_capacity(new.len());
+        for (i, t) in new.iter().enumerate() {
+            match &t.idempotency_key {
+                Some(k) => match first_of_key.entry((t.tenant_id, k.as_str())) {
+                    std::collections::hash_map::Entry::Occupied(e) => repeats.push((i, *e.get())),
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        e.insert(i);
+                        pending.push(i);
+                    }
+                },
+                None => pending.push(i),
+            }
+        }
+        // One statement: each column travels as one array, ids are drawn
+        // from the table's own sequence first so that every answer row
+        // names its input (RETURNING cannot), and a key already stored
+        // answers the stored task's id. A key whose task was committed by
+        // someone else after this statement's snapshot reads as neither;
+        // the statement runs again for those (a fresh snapshot within the
+        // same transaction), as `insert_task` does.
+        let sql = "WITH input AS MATERIALIZED (
+                 SELECT nextval('tasks_id_seq'::regclass) AS id, d.*
+                 FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::jsonb[], $5::jsonb[], $6::bigint[],
+                             $7::bigint[], $8::timestamptz[], $9::timestamptz[], $10::text[])
+                      WITH ORDINALITY AS d(tenant_id, identifier, \"desc\", trigger, target, max_attempts,
+                                           priority, run_at, schedule_anchor, idempotency_key, ord)
+             ), ins AS (
+                 INSERT INTO tasks (id, tenant_id, identifier, \"desc\", state, trigger, target, max_attempts,
+                     priority, created_at, modified_at, run_at, schedule_anchor, idempotency_key)
+                 SELECT id, tenant_id, identifier, \"desc\", 'READY', trigger, target, max_attempts,
+                     priority, $11, $11, run_at, schedule_anchor, idempotency_key
+                 FROM input
+                 ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+                 RETURNING id
+             )
+             SELECT i.ord, COALESCE(ins.id, (
+                     SELECT e.id FROM tasks e
+                     WHERE e.tenant_id = i.tenant_id AND e.idempotency_key = i.idempotency_key
+                 )), ins.id IS NOT NULL
+             FROM input i LEFT JOIN ins ON ins.id = i.id
+             ORDER BY i.ord";
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        let mut created_any = false;
+        for _ in 0..3 {
+            if pending.is_empty() {
+                break;
+            }
+            let n = pending.len();
+            let (mut tenants, mut identifiers, mut descs) = (
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+            );
+            let (mut triggers, mut targets, mut max_attempts) = (
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+            );
+            let (mut priorities, mut run_ats, mut anchors, mut keys) = (
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+            );
+            for &i in &pending {
+                let t = &new[i];
+                tenants.push(t.tenant_id);
+                identifiers.push(t.identifier.as_str());
+                descs.push(t.desc.as_str());
+                triggers.push(to_json(&t.trigger));
+                targets.push(to_json(&t.target));
+                max_attempts.push(t.max_attempts);
+                priorities.push(t.priority);
+                run_ats.push(pg(t.run_at));
+                anchors.push(anchor_for(&t.trigger));
+                keys.push(t.idempotency_key.as_deref());
+            }
+            let rows: Result<Vec<(i64, Option<TaskId>, bool)>, _> = sqlx::query_as(sql)
+                .bind(&tenants)
+                .bind(&identifiers)
+                .bind(&descs)
+                .bind(&triggers)
+                .bind(&targets)
+                .bind(&max_attempts)
+                .bind(&priorities)
+                .bind(&run_ats)
+                .bind(&anchors)
+                .bind(&keys)
+                .bind(pg(now))
+                .fetch_all(&mut *tx)
+                .await;
+            // Ended now, not when the connection is next used: until then the
+            // failed batch's keys would hold up anyone inserting the same ones.
+            let rows = match rows {
+                Ok(rows) => rows,
+                Err(e) => return refuse(tx, backend(e)).await,
+            };
+            let mut again = Vec::new();
+            for (ord, id, created) in rows {
+                let i = pending[(ord - 1) as usize];
+                match id {
+                    Some(id) => {
+                        created_any |= created;
+                        out[i] = Some(Enqueued { id, created });
+                    }
+                    None => again.push(i),
+                }
+            }
+            pending = again;
+        }
+        if !pending.is_empty() {
+            tx.rollback().await.map_err(backend)?;
+            return Err(StoreError::Conflict(
+                "the task of this idempotency key is being deleted; try again".into(),
+            ));
+        }
+        if created_any {
+            // Delivered at commit, once for the whole batch.
+            sqlx::query("SELECT pg_notify($1, '')")
+                .bind(crate::WORK_CHANNEL)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)?;
+        for (i, first) in repeats {
+            let id = out[first].map(|e| e.id);
+            out[i] = id.map(|id| Enqueued { id, created: false });
+        }
+        out.into_iter()
+            .map(|e| e.ok_or_else(|| StoreError::Backend("a task of the batch went unanswered".into())))
+            .collect()
+    }
+
     async fn get_task(&self, tenant: TenantId, id: TaskId) -> StoreResult<Option<Task>> {
         let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1 AND tenant_id = $2");
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))

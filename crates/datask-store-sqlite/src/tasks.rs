@@ -338,6 +338,66 @@ impl Store for SqliteStore {
         Ok(out)
     }
 
+    async fn insert_tasks(&self, new: Vec<NewTask>, now: Timestamp) -> StoreResult<Vec<Enqueued>> {
+        if new.is_empty() {
+            return Ok(vec![]);
+        }
+        // One write, so one transaction: the cached statement runs once per
+        // task (multi-row `VALUES` statements were slower for imports, see
+        // BENCHMARKS.md). A key seen earlier in the batch is found by the
+        // same lookup as a stored one: this transaction sees its own rows.
+        let out = self
+            .write(move |c| {
+                let tx = c.savepoint()?;
+                let mut out = Vec::with_capacity(new.len());
+                {
+                    let mut existing = tx.prepare_cached(
+                        "SELECT id FROM tasks WHERE tenant_id = ?1 AND idempotency_key = ?2",
+                    )?;
+                    let mut insert = tx.prepare_cached(
+                        "INSERT INTO tasks (tenant_id, identifier, desc, state, trigger, target, max_attempts, priority,
+                             created_at, modified_at, run_at, schedule_anchor, idempotency_key)
+                         VALUES (?1, ?2, ?3, 'READY', ?4, ?5, ?6, ?7, ?8, ?8, ?9, ?10, ?11)",
+                    )?;
+                    for t in new {
+                        if let Some(key) = &t.idempotency_key {
+                            let id: Option<TaskId> = existing
+                                .query_row(params![t.tenant_id, key], |r| r.get(0))
+                                .optional()?;
+                            if let Some(id) = id {
+                                out.push(Enqueued { id, created: false });
+                                continue;
+                            }
+                        }
+                        insert.execute(params![
+                            t.tenant_id,
+                            t.identifier,
+                            t.desc,
+                            serde_json::to_string(&t.trigger)?,
+                            serde_json::to_string(&t.target)?,
+                            t.max_attempts,
+                            t.priority,
+                            micros(now),
+                            micros(t.run_at),
+                            anchor_for(&t.trigger),
+                            t.idempotency_key,
+                        ])?;
+                        out.push(Enqueued {
+                            id: tx.last_insert_rowid(),
+                            created: true,
+                        });
+                    }
+                }
+                tx.commit()?;
+                Ok(out)
+            })
+            .await?;
+        if out.iter().any(|e| e.created) {
+            self.wake_workers();
+        }
+        Ok(out)
+    }
+
     async fn get_task(&self, tenant: TenantId, id: TaskId) -> StoreResult<Option<Task>> {
         self.lookup(move |c| Ok(load_task(c, Some(tenant), id)?))
     }

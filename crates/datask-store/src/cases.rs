@@ -1716,3 +1716,101 @@ pub async fn complete_many_and_running_counts(s: S) {
     assert_eq!(claim_all(&s, at(101)).await.len(), 3);
     assert!(claim_all(&s, at(101)).await.is_empty());
 }
+
+pub async fn insert_tasks_in_bulk(s: S) {
+    let a = tenant(&s, 100).await;
+    let b = tenant(&s, 100).await;
+    assert!(s.insert_tasks(vec![], t0()).await.unwrap().is_empty());
+    // One batch wakes a waiting worker.
+    let waiter = {
+        let s = s.clone();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            s.wait_for_work(Duration::from_secs(5)).await;
+            started.elapsed()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let keyed = |tenant, key: &str, desc: &str| NewTask {
+        idempotency_key: Some(key.into()),
+        desc: desc.into(),
+        ..new_task(tenant, at(0))
+    };
+    let stored = s.insert_task(keyed(a, "k0", "stored"), t0()).await.unwrap();
+    let waited = waiter.await.unwrap();
+    assert!(waited < Duration::from_secs(2), "woke after {waited:?}");
+
+    let mut repeating = new_task(a, at(60));
+    repeating.trigger = Trigger {
+        once: Some(at(60)),
+        repeat: Some(Repeat::Daily),
+        ..Default::default()
+    };
+    let batch = vec![
+        new_task(a, at(0)),
+        keyed(a, "k1", "first"),
+        repeating,
+        keyed(a, "k1", "repeat"),
+        keyed(b, "k1", "other tenant"),
+        keyed(a, "k0", "repeat of a stored one"),
+        new_task(a, at(0)),
+    ];
+    let got = s.insert_tasks(batch, at(5)).await.unwrap();
+    assert_eq!(
+        got.iter().map(|e| e.created).collect::<Vec<_>>(),
+        [true, true, true, false, true, false, true]
+    );
+    assert_eq!(got[3].id, got[1].id, "a key repeated in the batch is its first task");
+    assert_eq!(got[5].id, stored.task.id, "a stored key answers the stored task");
+    let created: Vec<i64> = got.iter().filter(|e| e.created).map(|e| e.id).collect();
+    assert!(
+        created.windows(2).all(|w| w[0] < w[1]),
+        "ids rise in the batch's order: {created:?}"
+    );
+    let first = get(&s, a, got[1].id).await;
+    assert_eq!(first.desc, "first");
+    assert_eq!(
+        (first.state, first.version, first.attempts),
+        (TaskState::Ready, 1, 0)
+    );
+    assert!(first.logs.is_empty());
+    assert_eq!((first.created_at, first.run_at), (at(5), at(0)));
+    let rep = get(&s, a, got[2].id).await;
+    assert_eq!(rep.schedule_anchor, Some(at(60)));
+    assert_eq!(get(&s, b, got[4].id).await.desc, "other tenant");
+    assert_eq!(get(&s, a, stored.task.id).await.desc, "stored");
+    // The batch is one queue with the rest: due ones in (priority, run_at, id) order.
+    let claimed: Vec<i64> = claim_all(&s, at(10))
+        .await
+        .iter()
+        .map(|c| c.task.id)
+        .collect();
+    assert_eq!(
+        claimed,
+        [stored.task.id, got[0].id, got[1].id, got[4].id, got[6].id]
+    );
+
+    // All or none: a task of a tenant that does not exist fails the batch.
+    let count = |s: S, t| async move {
+        s.list_tasks(
+            t,
+            &TaskFilter {
+                limit: 100,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .len()
+    };
+    let before = count(s.clone(), a).await;
+    let bad = vec![
+        new_task(a, at(0)),
+        keyed(a, "k9", "x"),
+        new_task(a + b + 1_000, at(0)),
+    ];
+    assert!(s.insert_tasks(bad, at(5)).await.is_err());
+    assert_eq!(count(s.clone(), a).await, before);
+    let retried = s.insert_tasks(vec![keyed(a, "k9", "y")], at(5)).await.unwrap();
+    assert!(retried[0].created, "the failed batch left no key behind");
+}
