@@ -574,7 +574,9 @@ impl Store for PgStore {
             out[i] = id.map(|id| Enqueued { id, created: false });
         }
         out.into_iter()
-            .map(|e| e.ok_or_else(|| StoreError::Backend("a task of the batch went unanswered".into())))
+            .map(|e| {
+                e.ok_or_else(|| StoreError::Backend("a task of the batch went unanswered".into()))
+            })
             .collect()
     }
 

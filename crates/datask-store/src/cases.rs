@@ -1760,8 +1760,14 @@ pub async fn insert_tasks_in_bulk(s: S) {
         got.iter().map(|e| e.created).collect::<Vec<_>>(),
         [true, true, true, false, true, false, true]
     );
-    assert_eq!(got[3].id, got[1].id, "a key repeated in the batch is its first task");
-    assert_eq!(got[5].id, stored.task.id, "a stored key answers the stored task");
+    assert_eq!(
+        got[3].id, got[1].id,
+        "a key repeated in the batch is its first task"
+    );
+    assert_eq!(
+        got[5].id, stored.task.id,
+        "a stored key answers the stored task"
+    );
     let created: Vec<i64> = got.iter().filter(|e| e.created).map(|e| e.id).collect();
     assert!(
         created.windows(2).all(|w| w[0] < w[1]),
@@ -1811,6 +1817,9 @@ pub async fn insert_tasks_in_bulk(s: S) {
     ];
     assert!(s.insert_tasks(bad, at(5)).await.is_err());
     assert_eq!(count(s.clone(), a).await, before);
-    let retried = s.insert_tasks(vec![keyed(a, "k9", "y")], at(5)).await.unwrap();
+    let retried = s
+        .insert_tasks(vec![keyed(a, "k9", "y")], at(5))
+        .await
+        .unwrap();
     assert!(retried[0].created, "the failed batch left no key behind");
 }

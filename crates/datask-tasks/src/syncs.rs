@@ -288,6 +288,11 @@ impl Sync {
         let mut file = ctx.files.writer(&key);
         let mut body = response.bytes_stream();
         let mut size: u64 = 0;
+        // A JSON array (`[{…}, {…}]`, what many APIs answer) is copied as
+        // JSON lines, one element a line; decided by the first byte.
+        let mut array: Option<ArrayToLines> = None;
+        let mut decided = false;
+        let mut lines = Vec::new();
         let copied: Result<Result<(), Refused>, TaskError> = async {
             while let Some(chunk) = body.next().await {
                 ctx.checkpoint()?;
@@ -296,12 +301,37 @@ impl Sync {
                 if size > MAX_SOURCE_BYTES {
                     return Ok(Err(too_large(&shown)));
                 }
-                file.write_all(&chunk).await.map_err(copy_failed)?;
+                if !decided && let Some(first) = chunk.iter().find(|b| !b.is_ascii_whitespace()) {
+                    decided = true;
+                    if *first == b'[' && filename != Some("source.csv") {
+                        array = Some(ArrayToLines::default());
+                    }
+                }
+                match &mut array {
+                    Some(a) => {
+                        lines.clear();
+                        if let Err(why) = a.feed(&chunk, &mut lines) {
+                            return Ok(Err(not_an_array(&shown, why)));
+                        }
+                        file.write_all(&lines).await.map_err(copy_failed)?;
+                    }
+                    None => file.write_all(&chunk).await.map_err(copy_failed)?,
+                }
+            }
+            if let Some(a) = &array
+                && let Err(why) = a.finish()
+            {
+                return Ok(Err(not_an_array(&shown, why)));
             }
             file.shutdown().await.map_err(copy_failed)?;
             Ok(Ok(()))
         }
         .await;
+        let filename = if array.is_some() {
+            Some("source.jsonl")
+        } else {
+            filename
+        };
         match copied {
             Ok(Ok(())) => {}
             other => {
@@ -363,6 +393,112 @@ fn endpoint_url(endpoint: &Endpoint, path: &[String]) -> Result<Url, String> {
     Ok(url)
 }
 
+fn not_an_array(url: &str, why: &'static str) -> Refused {
+    Refused {
+        key: "source".into(),
+        message: format!("GET {url} answered a JSON array that {why}"),
+    }
+}
+
+/// Turns a JSON array, fed in pieces, into JSON lines: each top-level
+/// element on a line of its own, line breaks between tokens dropped (JSON
+/// strings cannot hold a raw one). Elements are not parsed here; the import
+/// reads each line and reports the bad ones by row.
+#[derive(Default)]
+struct ArrayToLines {
+    /// Brackets and braces open, the array's own included.
+    depth: u32,
+    in_string: bool,
+    escaped: bool,
+    /// The array has closed; only whitespace may follow.
+    closed: bool,
+    /// Bytes written on the current line.
+    line_open: bool,
+}
+
+impl ArrayToLines {
+    fn feed(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Result<(), &'static str> {
+        for &b in chunk {
+            if self.closed {
+                if !b.is_ascii_whitespace() {
+                    return Err("has more after its closing bracket");
+                }
+                continue;
+            }
+            if self.in_string {
+                out.push(b);
+                if self.escaped {
+                    self.escaped = false;
+                } else if b == b'\\' {
+                    self.escaped = true;
+                } else if b == b'"' {
+                    self.in_string = false;
+                }
+                continue;
+            }
+            match b {
+                b'[' | b'{' if self.depth == 0 => {
+                    if b == b'{' {
+                        return Err("does not start with [");
+                    }
+                    self.depth = 1;
+                }
+                b'[' | b'{' => {
+                    self.depth += 1;
+                    out.push(b);
+                    self.line_open = true;
+                }
+                b']' | b'}' if self.depth == 1 => {
+                    if b == b'}' {
+                        return Err("has an unmatched }");
+                    }
+                    self.depth = 0;
+                    self.closed = true;
+                    if self.line_open {
+                        out.push(b'\n');
+                        self.line_open = false;
+                    }
+                }
+                b']' | b'}' => {
+                    self.depth -= 1;
+                    out.push(b);
+                }
+                b',' if self.depth == 1 => {
+                    if self.line_open {
+                        out.push(b'\n');
+                        self.line_open = false;
+                    }
+                }
+                b'\n' | b'\r' | b' ' | b'\t' => {
+                    // Inside an element a space keeps tokens apart.
+                    if self.depth > 1 {
+                        out.push(b' ');
+                    }
+                }
+                _ if self.depth == 0 => return Err("does not start with ["),
+                b'"' => {
+                    self.in_string = true;
+                    out.push(b);
+                    self.line_open = true;
+                }
+                _ => {
+                    out.push(b);
+                    self.line_open = true;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(&self) -> Result<(), &'static str> {
+        if self.closed {
+            Ok(())
+        } else {
+            Err("is cut off before its closing bracket")
+        }
+    }
+}
+
 fn too_large(url: &str) -> Refused {
     Refused {
         key: "source".into(),
@@ -388,4 +524,43 @@ fn error_chain(e: &reqwest::Error) -> String {
         cause = c.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ArrayToLines;
+
+    fn lines(pieces: &[&str]) -> Result<String, &'static str> {
+        let mut a = ArrayToLines::default();
+        let mut out = Vec::new();
+        for p in pieces {
+            a.feed(p.as_bytes(), &mut out)?;
+        }
+        a.finish()?;
+        Ok(String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn arrays_become_lines_in_any_pieces() {
+        let text = "[\n  {\"user_id\": \"u1\",\n   \"tags\": [1, 2], \"s\": \"a, ]}\\\" b\"},\n  {\"user_id\":\"u2\"}\n]\n";
+        let want = "{\"user_id\": \"u1\",    \"tags\": [1, 2], \"s\": \"a, ]}\\\" b\"}\n{\"user_id\":\"u2\"}\n";
+        assert_eq!(lines(&[text]).unwrap(), want);
+        // Cut anywhere, even inside a string or an escape.
+        for cut in 0..text.len() {
+            let (a, b) = text.split_at(cut);
+            assert_eq!(lines(&[a, b]).unwrap(), want, "cut at {cut}");
+        }
+        assert_eq!(lines(&["[]"]).unwrap(), "");
+        assert_eq!(lines(&["[", "1,2", "]"]).unwrap(), "1\n2\n");
+    }
+
+    #[test]
+    fn what_is_not_an_array_is_named() {
+        assert_eq!(
+            lines(&["[{\"a\":1}"]),
+            Err("is cut off before its closing bracket")
+        );
+        assert_eq!(lines(&["[1] 2"]), Err("has more after its closing bracket"));
+        assert_eq!(lines(&["[1}"]), Err("has an unmatched }"));
+    }
 }

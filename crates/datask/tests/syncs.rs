@@ -373,6 +373,33 @@ async fn installs_sync_and_endpoint_failures(backend: Backend) {
     );
     assert_eq!(count(&s, &t, &datask_core::index::INSTALLS).await, 1);
 
+    // A JSON array, as many APIs answer, is read element by element.
+    endpoint.answer(
+        "/api/installs",
+        200,
+        "application/json",
+        "[\n {\"device_id\": \"d3\", \"platform\": \"ios\"},\n {\"device_id\": \"d4\"}\n]",
+    );
+    let done = run(&s, &t, "kochava_sync_installs", json!({})).await;
+    assert_eq!(done["state"]["code"], "DONE", "{done}");
+    assert_eq!(done["output"]["applied"], 2, "{done}");
+    assert_eq!(count(&s, &t, &datask_core::index::INSTALLS).await, 3);
+    endpoint.answer(
+        "/api/installs",
+        200,
+        "application/json",
+        "[{\"device_id\": \"d5\"}",
+    );
+    let cut = run(&s, &t, "kochava_sync_installs", json!({})).await;
+    assert_eq!(cut["state"]["code"], "ERROR", "{cut}");
+    assert!(
+        cut["errors"]["source"][0]
+            .as_str()
+            .unwrap()
+            .contains("cut off"),
+        "{cut}"
+    );
+
     // A 4xx is the caller's configuration: ERROR at once, naming the answer.
     endpoint.answer("/api/installs", 401, "text/plain", "no");
     let refused = run(&s, &t, "kochava_sync_installs", json!({})).await;

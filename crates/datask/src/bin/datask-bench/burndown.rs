@@ -231,7 +231,11 @@ async fn graphile_round(harness: &Path, pg_url: &str, n: u64) -> anyhow::Result<
         tokio::spawn(async move {
             let mut last: u64 = 0;
             while let Ok(Some(line)) = lines.next_line().await {
-                if let Some(n) = line.trim().strip_prefix("handled ").and_then(|n| n.parse::<u64>().ok()) {
+                if let Some(n) = line
+                    .trim()
+                    .strip_prefix("handled ")
+                    .and_then(|n| n.parse::<u64>().ok())
+                {
                     handled.fetch_add(n - last, Ordering::Relaxed);
                     last = n;
                 }
