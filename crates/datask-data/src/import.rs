@@ -783,10 +783,13 @@ impl<'de> Visitor<'de> for KeysVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Vec<String>, A::Error> {
+        // One pass (a set beside the list): a line of 100k keys must not
+        // cost 100k² comparisons before the header check refuses it.
         let mut keys: Vec<String> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         while let Some(key) = map.next_key::<String>()? {
             map.next_value::<IgnoredAny>()?;
-            if !keys.contains(&key) {
+            if seen.insert(key.clone()) {
                 keys.push(key);
             }
         }

@@ -734,7 +734,7 @@ impl Store for PgStore {
         };
         let sql = format!(
             "UPDATE tasks SET state = 'READY', run_at = $2, checkpoint = NULL, progress_done = 0, progress_total = NULL,
-                 cancel_requested = FALSE, version = version + 1, modified_at = $2, logs = logs || $3 WHERE id = $1
+                 cancel_requested = FALSE, attempts = 0, version = version + 1, modified_at = $2, logs = logs || $3 WHERE id = $1
              RETURNING {TASK_COLUMNS}, {}",
             wake_when("TRUE")
         );
@@ -948,6 +948,7 @@ impl Store for PgStore {
                  finished_at = d.now, modified_at = d.now,
                  version = t.version + 1, lease_owner = NULL, lease_expires_at = NULL, checkpoint = NULL,
                  run_at = COALESCE(d.reschedule, t.run_at),
+                 attempts = CASE WHEN d.reschedule IS NULL THEN t.attempts ELSE 0 END,
                  trigger = CASE WHEN d.reschedule IS NULL THEN t.trigger ELSE jsonb_set(t.trigger, '{{once}}', d.once) END,
                  logs = t.logs || d.logs
              FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::jsonb[], $5::jsonb[], $6::text[],

@@ -528,7 +528,7 @@ impl Store for SqliteStore {
                 };
                 tx.prepare_cached(&format!(
                     "UPDATE tasks SET state = 'READY', run_at = ?2, checkpoint = NULL, progress_done = 0, progress_total = NULL,
-                         cancel_requested = 0, version = version + 1, modified_at = ?2, {LOGS_AT_3} WHERE id = ?1"
+                         cancel_requested = 0, attempts = 0, version = version + 1, modified_at = ?2, {LOGS_AT_3} WHERE id = ?1"
                 ))?
                 .execute(params![id, micros(now), logs_json(&logs)?])?;
                 let task = must_exist(load_task(&tx, None, id)?)?;
@@ -702,6 +702,7 @@ impl Store for SqliteStore {
                         "UPDATE tasks SET state = ?2, errors = ?3, output = ?4, result = ?5, finished_at = ?6, modified_at = ?6,
                              version = version + 1, lease_owner = NULL, lease_expires_at = NULL, checkpoint = NULL,
                              run_at = COALESCE(?7, run_at),
+                             attempts = CASE WHEN ?7 IS NULL THEN attempts ELSE 0 END,
                              trigger = CASE WHEN ?7 IS NULL THEN trigger ELSE json_set(trigger, '$.once', ?8) END,
                              {LOGS_AT_9}
                          WHERE id = ?1 AND fence = ?10 AND state = 'INPROGRESS'"

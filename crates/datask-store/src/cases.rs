@@ -576,6 +576,7 @@ pub async fn complete_and_reschedule(s: S) {
         vec!["READY -> INPROGRESS", "INPROGRESS -> DONE", "DONE -> READY"]
     );
     assert_eq!(t.schedule_anchor, Some(at(0)), "the anchor stays");
+    assert_eq!(t.attempts, 0, "the next occurrence has all its attempts");
 }
 
 pub async fn retry_release_and_reclaim_to_fatal(s: S) {
@@ -655,6 +656,7 @@ pub async fn execute_and_delete(s: S) {
         .unwrap();
     let t = s.execute_now(a, id, at(4)).await.unwrap();
     assert_eq!((t.state, t.run_at), (TaskState::Ready, at(4)));
+    assert_eq!(t.attempts, 0, "a run again has all its attempts");
     assert_eq!(msgs(&t).last().unwrap(), "DONE -> READY");
     s.delete_task(a, id).await.unwrap();
     assert!(s.get_task(a, id).await.unwrap().is_none());

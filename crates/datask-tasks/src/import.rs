@@ -77,6 +77,14 @@ impl Import {
     }
 }
 
+/// How far a load got, in data rows of the file: read in this pass (a
+/// check pass reads without writing), and committed to the index.
+#[derive(Default)]
+struct Reached {
+    read: u64,
+    written: u64,
+}
+
 /// Counts need no place here: rejects are stored with each batch, so the
 /// totals are recomputed from them at the end.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
@@ -210,31 +218,30 @@ impl Import {
         ctx: &TaskContext,
         source: Source,
     ) -> Result<Outcome, TaskError> {
-        let mut committed = 0;
-        let loaded = self.load_counting(ctx, source, &mut committed).await;
+        let mut reached = Reached::default();
+        let loaded = self.load_counting(ctx, source, &mut reached).await;
         if let Err(TaskError::Cancelled) = &loaded {
             // Batches commit as they go: say how far the cancelled run got.
-            let written = if committed == 0 {
-                "nothing was written".to_string()
-            } else {
-                format!("the {committed} rows before it were checked and written")
+            let written = match reached.written {
+                0 => "nothing was written".to_string(),
+                n => format!("the {n} rows before it were checked and written"),
             };
             let _ = ctx
                 .log(format!(
                     "cancelled at row {} of the file; {written}",
-                    committed + 2
+                    reached.read.max(reached.written) + 2
                 ))
                 .await;
         }
         loaded
     }
 
-    /// [`Self::load`], keeping in `committed` the data rows written so far.
+    /// [`Self::load`], keeping in `reached` how far it got.
     async fn load_counting(
         &self,
         ctx: &TaskContext,
         source: Source,
-        committed: &mut u64,
+        reached: &mut Reached,
     ) -> Result<Outcome, TaskError> {
         let t = &ctx.task.target;
         let settings = ctx.store.profile_settings(ctx.task.tenant_id).await?;
@@ -303,7 +310,7 @@ impl Import {
             cp.rows = 0;
         }
         if !dry_run && (!atomic || cp.validated) {
-            *committed = cp.rows;
+            reached.written = cp.rows;
         }
         if cp.rows > 0 {
             ctx.log(format!("resuming after row {} of the file", cp.rows + 1))
@@ -393,8 +400,9 @@ impl Import {
                             })
                             .await?;
                         cp = next;
+                        reached.read = cp.rows;
                         if !pass_dry_run {
-                            *committed = cp.rows;
+                            reached.written = cp.rows;
                         }
                         // Estimate the total from the share of bytes read so far.
                         let total = (bytes_read > 0).then(|| {
@@ -435,11 +443,32 @@ impl Import {
             };
         }
         if !outcome_errors.is_empty() {
-            // The file could not be read as a whole: nothing was written.
+            // The file could not be read (on): what the batches before the
+            // problem committed stays, and the outcome says so.
+            let written = if dry_run || (atomic && !cp.validated) {
+                0
+            } else {
+                cp.rows as i64
+            };
+            if written > 0
+                && let Some(Value::Array(problems)) = outcome_errors.get_mut("file")
+            {
+                problems.push(json!(format!(
+                    "the {written} rows before the problem were read and committed"
+                )));
+            }
             return Ok(Outcome {
                 had_errors: true,
                 errors: outcome_errors,
-                counts: Some(Counts::default()),
+                output: source
+                    .url
+                    .as_ref()
+                    .map(|u| json!({ "rows": written, "applied": written, "source": u })),
+                counts: Some(Counts {
+                    total: written,
+                    success: written,
+                    ..Counts::default()
+                }),
                 ..Default::default()
             });
         }
@@ -668,7 +697,19 @@ fn parse_file<R: std::io::Read>(
     let key_at: Vec<usize> = (0..index.key_len)
         .filter_map(|k| columns.iter().position(|&c| c == k))
         .collect();
-    let mut rows_read = reader.skip_rows(skip).map_err(std::io::Error::other)?;
+    // A file that cannot be read further is the file's problem (ERROR,
+    // under `file`), unless reading itself failed (retried).
+    let unreadable = |e: datask_data::FileError| match e {
+        datask_data::FileError::Io { source, .. } => Err(source),
+        other => Ok(other.to_string()),
+    };
+    let mut rows_read = match reader.skip_rows(skip) {
+        Ok(n) => n,
+        Err(e) => {
+            let _ = tx.blocking_send(Parsed::Unreadable(unreadable(e)?));
+            return Ok(());
+        }
+    };
     // `atomic` checks: duplicates across the whole file, by a 64-bit hash
     // of the key (a hash set: 10 to 18 bytes a row while checking).
     let mut seen: HashSet<u64> = HashSet::new();
@@ -680,12 +721,20 @@ fn parse_file<R: std::io::Read>(
         let mut rejects = Vec::new();
         let mut keys: HashSet<String> = HashSet::with_capacity(BATCH_ROWS);
         let mut ended = false;
+        let mut stopped_by: Option<String> = None;
         while rows.len() + rejects.len() < BATCH_ROWS {
             let Some(next) = reader.next_row() else {
                 ended = true;
                 break;
             };
-            let parsed = next.map_err(std::io::Error::other)?;
+            let parsed = match next {
+                Ok(p) => p,
+                Err(e) => {
+                    stopped_by = Some(unreadable(e)?);
+                    ended = true;
+                    break;
+                }
+            };
             rows_read += 1;
             match parsed.outcome {
                 Ok(values) => {
@@ -743,6 +792,9 @@ fn parse_file<R: std::io::Read>(
             }
         }
         if ended {
+            if let Some(problem) = stopped_by {
+                let _ = tx.blocking_send(Parsed::Unreadable(problem));
+            }
             return Ok(());
         }
     }

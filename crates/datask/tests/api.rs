@@ -30,6 +30,7 @@ on_both_stores!(
     export_of_a_segment,
     oversized_and_incomplete_bodies,
     a_cancelled_import_says_what_it_wrote,
+    an_overlong_row_is_the_files_problem,
 );
 
 /// Reads a CSV into rows of cells, numbers normalised so `3.50` equals `3.5`.
@@ -801,9 +802,13 @@ async fn cancel_and_execute_and_delete(b: Backend) {
         .call("POST", &format!("/tasks/{id}/execute"), &t.key, None)
         .await;
     assert_eq!(status, 200, "{again}");
+    assert_eq!(
+        again["attempts"], 0,
+        "a new run has all its attempts: {again}"
+    );
     let done = s.wait(&t.key, id, 30).await;
     assert_eq!(done["state"]["code"], "DONE");
-    assert_eq!(done["attempts"], 2);
+    assert_eq!(done["attempts"], 1);
     // Only the last run's file is kept: the first is unreachable.
     let second_run = s.files_under(&format!("results/{}/{id}", t.id));
     assert_eq!(second_run.len(), 1, "{second_run:?}");
@@ -1797,6 +1802,40 @@ async fn a_cancelled_import_says_what_it_wrote(b: Backend) {
             .unwrap(),
         written,
         "{said}"
+    );
+    s.stop().await;
+}
+
+/// A row past the reader's limit ends the import in ERROR at once (not
+/// retried as if reading had failed), keeping what came before it.
+async fn an_overlong_row_is_the_files_problem(b: Backend) {
+    let s = start(b).await;
+    let t = s.tenant("shop").await;
+    let mut input = b"user_id,email\nu1,a@x.io\nu2,".to_vec();
+    input.resize(
+        // Past the limit by more than a read buffer (it is checked per read).
+        input.len() + datask_data::MAX_RECORD_BYTES as usize + (2 << 20),
+        b'x',
+    );
+    input.extend_from_slice(b"\nu3,c@x.io\n");
+    let upload = s.upload(&t.key, "long.csv", input).await;
+    let task = s
+        .create(
+            &t.key,
+            json!({ "identifier": "profile_import", "target": { "upload_id": upload } }),
+        )
+        .await;
+    let done = s.wait(&t.key, task["id"].as_i64().unwrap(), 60).await;
+    assert_eq!(done["state"]["code"], "ERROR", "{done}");
+    assert_eq!(done["attempts"], 1, "{done}");
+    let problems = done["errors"]["file"].to_string();
+    assert!(
+        problems.contains("longer than") && problems.contains("the 1 rows before"),
+        "{done}"
+    );
+    assert_eq!(
+        s.store.count_rows(t.id, &index::USERS, None).await.unwrap(),
+        1
     );
     s.stop().await;
 }

@@ -693,3 +693,13 @@ fn wide_headers_are_refused_early_and_long_names_shortened() {
         ]
     );
 }
+
+#[test]
+fn a_wide_first_json_line_is_refused_like_a_wide_header() {
+    let keys: Vec<String> = (0..50_000).map(|i| format!("\"k{i}\":1")).collect();
+    let input = format!("{{\"user_id\":\"u1\",{}}}\n", keys.join(","));
+    assert_eq!(
+        columns_error(input.as_bytes(), &USERS),
+        ["The header has 50001 columns; at most 2000 are accepted"]
+    );
+}
