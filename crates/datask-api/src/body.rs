@@ -78,13 +78,20 @@ pub async fn refuse_declared_oversize(
     if let Some(declared) = declared
         && declared > limit
     {
-        return crate::in_dialect_of(
+        let mut refused = crate::in_dialect_of(
             req.uri(),
             ApiError::TooLarge(format!(
                 "the request body ({declared} bytes) is larger than the limit of {limit} bytes"
             )),
         )
         .into_response();
+        // The body is not read, so this connection cannot carry another
+        // request: say so, or a client would reuse it and fail.
+        refused.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+        return refused;
     }
     next.run(req).await
 }

@@ -148,8 +148,26 @@ fn apply_integrations(
                 };
                 datask_tasks::check_endpoint_url(&url)
                     .map_err(|m| ApiError::invalid(format!("{field}.url"), m))?;
+                let kept = current.get(&name).and_then(|e| e.token.clone());
                 let token = match o.get("token") {
-                    None | Some(Value::Null) => None,
+                    // Left out: the token set before stays, if the URL still
+                    // points at the same server (tokens are never shown, so
+                    // a client cannot send it back).
+                    None => match kept {
+                        Some(_)
+                            if !datask_tasks::same_origin(
+                                &url,
+                                &current.get(&name).expect("kept").url,
+                            ) =>
+                        {
+                            return Err(ApiError::invalid(
+                                format!("{field}.token"),
+                                "give the token again (or null for none): the URL points at another server than the token was given for",
+                            ));
+                        }
+                        kept => kept,
+                    },
+                    Some(Value::Null) => None,
                     Some(Value::String(t))
                         if !t.is_empty() && t.len() <= 4096 && !t.chars().any(char::is_control) =>
                     {

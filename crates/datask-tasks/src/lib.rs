@@ -17,7 +17,7 @@ pub use import::Import;
 pub use lists::ListExport;
 pub use messages::{CampaignExport, SendExport};
 pub use profiles::{CleanupUsers, PII_FIELDS, ProfileDeletePersonalData, ProfileExportData};
-pub use syncs::{Sync, check_endpoint_url};
+pub use syncs::{Sync, check_endpoint_url, same_origin};
 
 /// Every handler this build of datask runs.
 pub fn registry() -> Registry {

@@ -100,12 +100,39 @@ impl Sync {
 /// `target.group` (lists sync): the directory group, 1 to 200 characters.
 fn group(t: &Map<String, Value>) -> Result<Option<&str>, Invalid> {
     let g = target::string(t, "group")?;
-    if let Some(g) = g
-        && (g.trim().is_empty() || g.chars().count() > 200)
-    {
-        return Err(Invalid::new("group", "must be 1 to 200 characters"));
+    if let Some(g) = g {
+        if g.trim().is_empty() {
+            return Err(Invalid::new("group", "must not be blank"));
+        }
+        if g.chars().count() > 200 {
+            return Err(Invalid::new("group", "must be at most 200 characters"));
+        }
     }
     Ok(g)
+}
+
+/// The group a lists sync reads names one path segment: `.` and `..`
+/// cannot be one (a URL resolves them away, even encoded) and control
+/// characters are dropped by URL parsing, so either would fetch another
+/// resource than the one named.
+fn check_group_segment(t: &Map<String, Value>) -> Result<(), Invalid> {
+    let (field, g) = match group(t)? {
+        Some(g) => ("group", g),
+        None => ("list_id", crate::lists::list_id(t)?),
+    };
+    if matches!(g, "." | "..") {
+        return Err(Invalid::new(
+            field,
+            format!("'{g}' cannot name a directory group (it is not a path segment)"),
+        ));
+    }
+    if g.chars().any(char::is_control) {
+        return Err(Invalid::new(
+            field,
+            "must not hold control characters (it names a directory group)",
+        ));
+    }
+    Ok(())
 }
 
 /// Checks an endpoint's base URL as `PUT /settings` takes it: absolute
@@ -130,6 +157,15 @@ pub fn check_endpoint_url(url: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether two endpoint URLs send to the same place (scheme, host, port):
+/// a kept token may follow a new path, never a new host.
+pub fn same_origin(a: &str, b: &str) -> bool {
+    match (Url::parse(a), Url::parse(b)) {
+        (Ok(a), Ok(b)) => a.origin() == b.origin(),
+        _ => false,
+    }
+}
+
 /// Why a fetch gave no file: the run ends in ERROR with this, under `key`.
 struct Refused {
     key: String,
@@ -152,7 +188,7 @@ impl Handler for Sync {
             SyncKind::AdLists => {
                 target::only_fields(t, &["action", "list_id", "group", "dry_run"])?;
                 crate::lists::list_id(t)?;
-                group(t)?;
+                check_group_segment(t)?;
             }
             SyncKind::KochavaInstalls => target::only_fields(t, &["action", "dry_run", "atomic"])?,
         }
@@ -162,6 +198,24 @@ impl Handler for Sync {
     }
 
     async fn run(&self, ctx: &TaskContext) -> Result<Outcome, TaskError> {
+        // Two syncs of one list at once would each remove the other's
+        // members: in this process they take turns (see README for nodes).
+        let _turn = match self.kind {
+            SyncKind::AdLists => {
+                let list = crate::lists::list_id(&ctx.task.target)
+                    .map_err(|e| TaskError::Fatal(e.to_string()))?;
+                let lock = list_lock(ctx.task.tenant_id, list);
+                let stopped = ctx.stopped();
+                let turn = tokio::select! {
+                    guard = lock.lock_owned() => guard,
+                    _ = stopped.cancelled() => {
+                        return Err(ctx.checkpoint().err().unwrap_or(TaskError::Cancelled));
+                    }
+                };
+                Some(turn)
+            }
+            _ => None,
+        };
         let saved = Checkpoint::saved(ctx)?.and_then(|cp| cp.source);
         let source = match saved {
             Some(s) if ctx.files.size(&s.object_key).await.is_ok() => {
@@ -177,12 +231,39 @@ impl Handler for Sync {
                 Err(r) => return Ok(input_error(&r.key, r.message)),
             },
         };
+        let result = self.load(ctx, &source).await;
+        if self.keeps_copy(ctx, &source, &result).await {
+            return result;
+        }
+        if let Err(e) = ctx.files.delete(&source.object_key).await {
+            tracing::warn!(task = ctx.task.id, error = %e, "could not delete a sync's copy");
+        }
+        result
+    }
+}
+
+/// One lock per (tenant, list) that a lists sync holds while it runs.
+fn list_lock(tenant: i64, list: &str) -> std::sync::Arc<tokio::sync::Mutex<()>> {
+    use std::collections::HashMap;
+    use std::sync::{Arc, LazyLock, Mutex};
+    type Locks = Mutex<HashMap<(i64, String), Arc<tokio::sync::Mutex<()>>>>;
+    static LOCKS: LazyLock<Locks> = LazyLock::new(Locks::default);
+    let mut locks = LOCKS.lock().expect("not poisoned");
+    // Forget the locks nobody holds or waits for, so the map stays small.
+    locks.retain(|_, l| Arc::strong_count(l) > 1);
+    locks.entry((tenant, list.to_string())).or_default().clone()
+}
+
+impl Sync {
+    /// Loads the copy and, for a lists sync, removes the members it no
+    /// longer holds.
+    async fn load(&self, ctx: &TaskContext, source: &Source) -> Result<Outcome, TaskError> {
         let mut outcome = self.loader().load(ctx, source.clone()).await?;
         let dry_run = target::boolean(&ctx.task.target, "dry_run").unwrap_or(false);
         let readable =
             !outcome.errors.contains_key("file") && !outcome.errors.contains_key("file[columns]");
         if self.kind == SyncKind::AdLists && readable && !dry_run {
-            let removed = self.remove_departed(ctx, &source).await?;
+            let removed = self.remove_departed(ctx, source).await?;
             if let Some(Value::Object(o)) = &mut outcome.output {
                 o.insert("removed".into(), json!(removed));
             }
@@ -190,15 +271,40 @@ impl Handler for Sync {
         if let Some(Value::Object(o)) = &mut outcome.output {
             o.insert("source".into(), json!(source.url));
         }
-        // The copy has served; a run reclaimed after this fetches anew.
-        if let Err(e) = ctx.files.delete(&source.object_key).await {
-            tracing::warn!(task = ctx.task.id, error = %e, "could not delete a sync's copy");
-        }
         Ok(outcome)
     }
-}
 
-impl Sync {
+    /// Whether a run that ended so leaves its copy for the run that will
+    /// resume it: only when it was interrupted (a retry to come, a release
+    /// at shutdown, another worker now owning the task) and a checkpoint
+    /// names the copy. Otherwise the copy has served, or nothing resumes it.
+    async fn keeps_copy(
+        &self,
+        ctx: &TaskContext,
+        source: &Source,
+        result: &Result<Outcome, TaskError>,
+    ) -> bool {
+        match result {
+            Ok(_) | Err(TaskError::Fatal(_)) => false,
+            Err(TaskError::LeaseLost) => true,
+            Err(TaskError::Retryable(_)) if ctx.task.attempts >= ctx.task.max_attempts => false,
+            Err(TaskError::Retryable(_) | TaskError::Cancelled) => {
+                match ctx.store.get_task(ctx.task.tenant_id, ctx.task.id).await {
+                    Ok(Some(now)) => {
+                        let named = now
+                            .checkpoint
+                            .and_then(|v| serde_json::from_value::<Checkpoint>(v).ok())
+                            .and_then(|cp| cp.source)
+                            .is_some_and(|s| s.object_key == source.object_key);
+                        named && !now.cancel_requested
+                    }
+                    // Unsure: keep it (the task's deletion removes it).
+                    _ => true,
+                }
+            }
+        }
+    }
+
     /// Copies the endpoint's answer into the file store.
     async fn fetch(&self, ctx: &TaskContext) -> Result<Result<Source, Refused>, TaskError> {
         let name = self.integration();

@@ -128,6 +128,38 @@ async fn settings_keep_endpoints_and_hide_tokens(backend: Backend) {
         )
         .await;
     assert_eq!(body["integrations"]["active_directory"]["token_set"], true);
+    // Left out, the token stays while the URL keeps its server; a new server
+    // needs it given again (tokens are never shown, so never sent back).
+    let body = configure(
+        &s,
+        &t,
+        "active_directory",
+        json!({ "url": "https://directory.example/v2" }),
+    )
+    .await;
+    assert_eq!(
+        body["integrations"]["active_directory"]["token_set"], true,
+        "{body}"
+    );
+    let (status, body) = s
+        .call("PUT", "/settings", &t.key, Some(json!({ "integrations": { "active_directory": { "url": "https://elsewhere.example/api" } } })))
+        .await;
+    assert_eq!(
+        (status, body["error"]["field"].as_str()),
+        (400, Some("integrations.active_directory.token")),
+        "{body}"
+    );
+    let body = configure(
+        &s,
+        &t,
+        "active_directory",
+        json!({ "url": "https://elsewhere.example/api", "token": null }),
+    )
+    .await;
+    assert_eq!(
+        body["integrations"]["active_directory"]["token_set"], false,
+        "{body}"
+    );
     let body = configure(&s, &t, "active_directory", Value::Null).await;
     assert_eq!(body["integrations"], json!({}));
 
@@ -275,6 +307,31 @@ async fn lists_sync_mirrors_the_group(backend: Backend) {
         s.import(&t, "users", profiles.into()).await["state"]["code"],
         "DONE"
     );
+
+    // A group that is no path segment is refused by name.
+    for (target, field) in [
+        (json!({ "list_id": "sales", "group": ".." }), "target.group"),
+        (json!({ "list_id": "." }), "target.list_id"),
+        (
+            json!({ "list_id": "sales", "group": "a\nb" }),
+            "target.group",
+        ),
+        (json!({ "list_id": "sales", "group": " " }), "target.group"),
+    ] {
+        let (status, body) = s
+            .call(
+                "POST",
+                "/tasks",
+                &t.key,
+                Some(json!({ "identifier": "active_directory_lists_sync", "target": target })),
+            )
+            .await;
+        assert_eq!(
+            (status, body["error"]["field"].as_str()),
+            (400, Some(field)),
+            "{target}: {body}"
+        );
+    }
 
     // The group's name has characters a path must encode.
     endpoint.answer(
@@ -430,7 +487,7 @@ async fn installs_sync_and_endpoint_failures(backend: Backend) {
         &s,
         &t,
         "kochava",
-        json!({ "url": "http://127.0.0.1:9/api" }),
+        json!({ "url": "http://127.0.0.1:9/api", "token": null }),
     )
     .await;
     let task = s
