@@ -44,6 +44,17 @@ impl ApiError {
         }
     }
 
+    /// The message as a response shows it: a message that quotes a huge
+    /// input is cut, so that an error is never larger than its cause.
+    pub fn shown_message(&self) -> String {
+        const MAX_CHARS: usize = 2000;
+        let text = self.to_string();
+        match text.char_indices().nth(MAX_CHARS) {
+            Some((end, _)) => format!("{}… (cut at {MAX_CHARS} characters)", &text[..end]),
+            None => text,
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         self.status_and_code().0
     }
@@ -101,7 +112,7 @@ impl IntoResponse for ApiError {
         if let ApiError::Internal(detail) = &self {
             tracing::error!(%detail, "internal error");
         }
-        let mut body = json!({ "error": { "code": code, "message": self.to_string() } });
+        let mut body = json!({ "error": { "code": code, "message": self.shown_message() } });
         if let ApiError::Invalid { field, .. } = &self {
             body["error"]["field"] = json!(field);
         }

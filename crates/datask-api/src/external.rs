@@ -75,7 +75,7 @@ impl IntoResponse for Envelope {
         (
             status,
             Json(
-                json!({ "success": false, "code": status.as_u16(), "message": self.0.to_string() }),
+                json!({ "success": false, "code": status.as_u16(), "message": self.0.shown_message() }),
             ),
         )
             .into_response()

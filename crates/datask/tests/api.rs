@@ -435,6 +435,26 @@ async fn bad_requests_name_what_is_wrong(b: Backend) {
         );
         assert!(msg.contains(needle), "{body}: '{msg}' lacks '{needle}'");
     }
+    // A huge wrong value is named, not echoed whole.
+    let huge = "x".repeat(50_000);
+    let (status, resp) = s
+        .call(
+            "POST",
+            "/tasks",
+            &t.key,
+            Some(export(json!({ "target": { "export_index": huge } }))),
+        )
+        .await;
+    assert_eq!(
+        (status, resp["error"]["field"].as_str()),
+        (400, Some("target.export_index"))
+    );
+    let msg = resp["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.chars().count() < 2100 && msg.ends_with("(cut at 2000 characters)"),
+        "{}",
+        msg.len()
+    );
     // Malformed JSON, wrong content type, oversized body, bad path id, bad query.
     let raw = |body: &'static str, ct: &'static str| {
         s.http
