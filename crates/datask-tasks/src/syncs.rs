@@ -49,6 +49,8 @@ impl Sync {
             // An endpoint that stops sending is a failed attempt, retried.
             .read_timeout(Duration::from_secs(60))
             .user_agent(concat!("datask/", env!("CARGO_PKG_VERSION")))
+            // A redirect elsewhere learns nothing of where it came from.
+            .referer(false)
             .build()
             .expect("a client with default TLS settings");
         Sync { kind, client }
@@ -343,7 +345,17 @@ impl Sync {
             |e: reqwest::Error| TaskError::Retryable(format!("GET {shown}: {}", error_chain(&e)));
         let stopped = ctx.stopped();
         let response = tokio::select! {
-            r = request.send() => r.map_err(unreachable)?,
+            r = request.send() => match r {
+                // A redirect loop, or one to a scheme other than http(s),
+                // fails the same way every time: the configuration's problem.
+                Err(e) if e.is_redirect() => {
+                    return Ok(Err(Refused {
+                        key: "source".into(),
+                        message: format!("GET {shown}: {}", error_chain(&e)),
+                    }));
+                }
+                r => r.map_err(unreachable)?,
+            },
             _ = stopped.cancelled() => {
                 return Err(ctx.checkpoint().err().unwrap_or(TaskError::Cancelled));
             }
