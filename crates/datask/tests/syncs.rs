@@ -101,6 +101,7 @@ on_both_stores!(
     profiles_sync_reports_rows_like_an_import,
     lists_sync_mirrors_the_group,
     installs_sync_and_endpoint_failures,
+    list_syncs_of_one_list_take_turns,
 );
 
 async fn settings_keep_endpoints_and_hide_tokens(backend: Backend) {
@@ -502,5 +503,55 @@ async fn installs_sync_and_endpoint_failures(backend: Backend) {
         failed.to_string().to_lowercase().contains("connect"),
         "{failed}"
     );
+    s.stop().await;
+}
+
+/// Two syncs of one list started together: the second waits for the first,
+/// so the list ends as the answer fetched last, not a mix of both.
+async fn list_syncs_of_one_list_take_turns(backend: Backend) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let s = start(backend).await;
+    let t = s.tenant("turns").await;
+    let mut profiles = String::from("user_id\n");
+    for i in 0..2000 {
+        profiles.push_str(&format!("u{i:04}\n"));
+    }
+    assert_eq!(
+        s.import(&t, "users", profiles.clone().into()).await["state"]["code"],
+        "DONE"
+    );
+    let calls = Arc::new(AtomicUsize::new(0));
+    let app = {
+        let calls = calls.clone();
+        Router::new().route(
+            "/ad/groups/{group}/members",
+            get(move || {
+                let calls = calls.clone();
+                let profiles = profiles.clone();
+                async move {
+                    if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                        // The first answer is slow and large.
+                        tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+                        profiles
+                    } else {
+                        "user_id\nu0001\nu0002\nu0003\n".to_string()
+                    }
+                }
+            }),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/ad", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    configure(&s, &t, "active_directory", json!({ "url": base })).await;
+    let sync =
+        json!({ "identifier": "active_directory_lists_sync", "target": { "list_id": "team" } });
+    let first = s.create(&t.key, sync.clone()).await["id"].as_i64().unwrap();
+    let second = s.create(&t.key, sync).await["id"].as_i64().unwrap();
+    for id in [first, second] {
+        assert_eq!(s.wait(&t.key, id, 60).await["state"]["code"], "DONE");
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(count(&s, &t, &datask_core::index::LIST_MEMBERS).await, 3);
     s.stop().await;
 }
