@@ -233,12 +233,18 @@ pub(crate) struct TriggerInput {
     repeat: Option<String>,
     #[serde(default)]
     timezone: Option<String>,
-    #[serde(default)]
+    /// Absent is None, `null` is `Some(Null)`: a PUT keeps an absent field
+    /// and clears a null one.
+    #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<Object>)]
     segment: Option<Value>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<String>)]
     segment_id: Option<Value>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Ok(Some(Value::deserialize(d)?))
 }
 
 impl TriggerInput {
@@ -716,9 +722,19 @@ pub(crate) async fn update(
     if input.target.is_none() {
         input.target = Some(task.target.clone());
     }
-    if input.trigger.is_none() {
-        input.trigger = Some(TriggerInput::from_stored(&task.trigger));
-    }
+    // Within the trigger too: `{"repeat": "weekly"}` keeps `once`, the
+    // time zone and the segment (send "" or null to clear one).
+    let stored = TriggerInput::from_stored(&task.trigger);
+    input.trigger = Some(match input.trigger.take() {
+        None => stored,
+        Some(given) => TriggerInput {
+            once: given.once.or(stored.once),
+            repeat: given.repeat.or(stored.repeat),
+            timezone: given.timezone.or(stored.timezone),
+            segment: given.segment.or(stored.segment),
+            segment_id: given.segment_id.or(stored.segment_id),
+        },
+    });
     let expected_version = input.version;
     let r = resolve(&state, caller.tenant_id, input, Some(&task.identifier)).await?;
     let now = Timestamp::now();

@@ -235,6 +235,7 @@ pub(crate) async fn update(
         .await?
         .ok_or_else(|| ApiError::NotFound("tenant not found".into()))?;
     let mut profile: ProfileSettings = state.store.profile_settings(caller.tenant_id).await?;
+    let had_policy_before = profile.retention.is_some();
     if let Some(name) = input.name {
         let name = name.trim().to_string();
         if name.is_empty() || name.len() > 200 {
@@ -318,12 +319,40 @@ pub(crate) async fn update(
         apply_integrations(&mut profile.integrations, integrations)?;
     }
     let has_policy = profile.retention.is_some();
+    let had_policy = had_policy_before;
     state.store.update_tenant(tenant, profile).await?;
     if has_policy {
         schedule_cleanup(&state, caller.tenant_id).await?;
+    } else if had_policy {
+        unschedule_cleanup(&state, caller.tenant_id).await?;
     }
     Ok(Json(view(&state, caller.tenant_id).await?))
 }
+
+/// Clearing the policy stops the clean-ups: the daily task made for it goes
+/// (a run in progress finishes, finds no policy and deletes nothing).
+async fn unschedule_cleanup(state: &AppState, tenant: i64) -> Result<(), ApiError> {
+    let filter = datask_core::store::TaskFilter {
+        identifier: Some("cleanup_users".into()),
+        state: Some(datask_core::TaskState::Ready),
+        limit: 100,
+        ..Default::default()
+    };
+    for task in state.store.list_tasks(tenant, &filter).await? {
+        if task.desc == CLEANUP_DESC && task.trigger.repeat.is_some() {
+            match state.store.delete_task(tenant, task.id).await {
+                Ok(()) | Err(datask_core::StoreError::NotFound) => {}
+                // Claimed meanwhile: it runs once more, without a policy.
+                Err(datask_core::StoreError::Conflict(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What the daily task made by a retention policy is called.
+const CLEANUP_DESC: &str = "daily clean-up by the retention policy";
 
 /// The key of a tenant's daily `cleanup_users` task: one per tenant.
 pub const CLEANUP_KEY: &str = "datask:cleanup_users:daily";
@@ -340,7 +369,7 @@ pub(crate) async fn schedule_cleanup(state: &AppState, tenant: i64) -> Result<()
             datask_core::task::NewTask {
                 tenant_id: tenant,
                 identifier: "cleanup_users".into(),
-                desc: "daily clean-up by the retention policy".into(),
+                desc: CLEANUP_DESC.into(),
                 trigger: datask_core::task::Trigger {
                     once: Some(now),
                     repeat: Some(datask_core::task::Repeat::Daily),

@@ -5,7 +5,7 @@
 
 use async_trait::async_trait;
 use datask_core::index::{
-    DEVICES, IndexDef, LIST_MEMBERS, SENDS, TRANSACTIONS, USERS, VOUCHERS, WALLET_LEDGER,
+    DEVICES, INSTALLS, IndexDef, LIST_MEMBERS, SENDS, TRANSACTIONS, USERS, VOUCHERS, WALLET_LEDGER,
 };
 use datask_core::segment::{Bound, Field, Filter};
 use datask_core::task::Counts;
@@ -111,6 +111,29 @@ impl Handler for ProfileExportData {
         let (column, value) =
             profile_key(&ctx.task.target).map_err(|e| TaskError::Fatal(e.to_string()))?;
         let profiles = rows_as_json(ctx, &USERS, &eq(column, value)).await?;
+        // An access request is about one person: an email or number that
+        // several profiles share cannot say which (all of them, silently
+        // one of them, would both answer a question not asked).
+        if profiles.len() > 1 {
+            let ids: Vec<&str> = profiles
+                .iter()
+                .filter_map(|p| p["user_id"].as_str())
+                .take(10)
+                .collect();
+            return Ok(input_error(
+                &format!("target[{column}]"),
+                format!(
+                    "{} profiles have {column} '{value}' (user_id {}{}): export each by user_id",
+                    profiles.len(),
+                    ids.join(", "),
+                    if profiles.len() > ids.len() {
+                        ", …"
+                    } else {
+                        ""
+                    }
+                ),
+            ));
+        }
         let Some(profile) = profiles.into_iter().next() else {
             return Ok(input_error(
                 &format!("target[{column}]"),
@@ -128,10 +151,11 @@ impl Handler for ProfileExportData {
             .into_iter()
             .map(|m| json!({ "list_id": m["list_id"], "added_at": m["added_at"] }))
             .collect();
+        let mut held = 1 + lists.len() as i64;
         doc.insert("lists".into(), Value::Array(lists));
-        let mut held = 1i64;
         for (key, index) in [
             ("devices", &DEVICES),
+            ("installs", &INSTALLS),
             ("sends", &SENDS),
             ("transactions", &TRANSACTIONS),
             ("vouchers", &VOUCHERS),
@@ -261,13 +285,15 @@ impl Handler for ProfileDeletePersonalData {
         ctx.checkpoint()?;
         let mine = user_in(&ids);
         let devices = ctx.store.delete_rows(tenant, &DEVICES, &mine).await?;
+        // An attributed install ties a device to the person, as a device does.
+        let installs = ctx.store.delete_rows(tenant, &INSTALLS, &mine).await?;
         let memberships = ctx.store.delete_rows(tenant, &LIST_MEMBERS, &mine).await?;
         let profiles = ctx
             .store
             .clear_fields(tenant, &USERS, &mine, &PII_FIELDS, &pii_attributes)
             .await?;
         ctx.log(format!(
-            "erased the personal data of {profiles} profiles ({} fields, {} attributes each); deleted {devices} devices and {memberships} list memberships",
+            "erased the personal data of {profiles} profiles ({} fields, {} attributes each); deleted {devices} devices, {installs} installs and {memberships} list memberships",
             PII_FIELDS.len(),
             pii_attributes.len()
         ))
@@ -276,6 +302,7 @@ impl Handler for ProfileDeletePersonalData {
             output: Some(json!({
                 "profiles": profiles,
                 "devices": devices,
+                "installs": installs,
                 "list_memberships": memberships,
                 "not_found": missing,
             })),
@@ -339,6 +366,7 @@ impl Handler for CleanupUsers {
         let owned = Filter::OwnedBy(Box::new(inactive.clone()));
         // Dependent rows first: they are found through the profiles.
         let devices = ctx.store.delete_rows(tenant, &DEVICES, &owned).await?;
+        let installs = ctx.store.delete_rows(tenant, &INSTALLS, &owned).await?;
         let memberships = ctx.store.delete_rows(tenant, &LIST_MEMBERS, &owned).await?;
         ctx.checkpoint()?;
         let profiles = ctx.store.delete_rows(tenant, &USERS, &inactive).await?;
@@ -346,13 +374,14 @@ impl Handler for CleanupUsers {
             .map(|t| t.to_string())
             .unwrap_or_default();
         ctx.log(format!(
-            "deleted {profiles} profiles inactive since before {cutoff_text}, {devices} devices and {memberships} list memberships"
+            "deleted {profiles} profiles inactive since before {cutoff_text}, {devices} devices, {installs} installs and {memberships} list memberships"
         ))
         .await?;
         Ok(Outcome {
             output: Some(json!({
                 "profiles": profiles,
                 "devices": devices,
+                "installs": installs,
                 "list_memberships": memberships,
                 "cutoff": cutoff_text,
                 "policy": { "delete_inactive_after_days": retention.delete_inactive_after_days },

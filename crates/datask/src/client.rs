@@ -42,7 +42,7 @@ enum TaskCommand {
     },
     /// Show one task as JSON.
     Get { id: i64 },
-    /// Follow a task with a progress bar until it finishes; exits 0 only for DONE.
+    /// Follow a task with a progress bar until it finishes (a repeating task: until a run ends); exits 0 only for DONE.
     Wait { id: i64 },
     /// Download a task's result file.
     Download {
@@ -70,7 +70,9 @@ struct CreateArgs {
     /// Import --file into this index.
     #[arg(long, requires = "file", conflicts_with = "target")]
     import: Option<String>,
-    /// The CSV or JSON-lines file to import (uploaded first, with a progress bar).
+    /// The CSV or JSON-lines file to import (uploaded first, with a progress
+    /// bar); without --import it becomes target.upload_id (profile_import,
+    /// list_import with --identifier).
     #[arg(long)]
     file: Option<PathBuf>,
     /// Validate only.
@@ -91,6 +93,12 @@ struct CreateArgs {
     repeat: Option<String>,
     #[arg(long)]
     timezone: Option<String>,
+    /// trigger.segment: a filter, as JSON.
+    #[arg(long, conflicts_with = "segment_id")]
+    segment: Option<String>,
+    /// trigger.segment_id: a saved segment.
+    #[arg(long)]
+    segment_id: Option<String>,
 }
 
 struct Client {
@@ -163,12 +171,28 @@ pub async fn run(args: ClientArgs) -> anyhow::Result<i32> {
                 (_, _, Some(t)) => {
                     serde_json::from_str(t).context("--target is not a JSON object")?
                 }
-                _ => bail!("give --export INDEX, --import INDEX --file PATH, or --target JSON"),
+                // An identifier alone (cleanup_users; profile_import with --file).
+                _ if a.identifier.is_some() => Map::new(),
+                _ => bail!(
+                    "give --export INDEX, --import INDEX --file PATH, --target JSON, or --identifier"
+                ),
             };
+            if a.import.is_none()
+                && let Some(file) = &a.file
+            {
+                let upload = upload(&c, file).await?;
+                target.insert("upload_id".into(), json!(upload));
+            }
             if a.dry_run {
                 target.insert("dry_run".into(), Value::Bool(true));
             }
-            let mut body = json!({"desc": a.desc, "target": target, "trigger": {"once": a.once, "repeat": a.repeat, "timezone": a.timezone}});
+            let segment: Option<Value> = a
+                .segment
+                .as_deref()
+                .map(serde_json::from_str)
+                .transpose()
+                .context("--segment is not JSON")?;
+            let mut body = json!({"desc": a.desc, "target": target, "trigger": {"once": a.once, "repeat": a.repeat, "timezone": a.timezone, "segment": segment, "segment_id": a.segment_id}});
             if let Some(i) = a.identifier {
                 body["identifier"] = json!(i);
             }
@@ -306,13 +330,36 @@ async fn upload(c: &Client, file: &std::path::Path) -> anyhow::Result<String> {
 }
 
 async fn wait(c: &Client, id: i64) -> anyhow::Result<i32> {
-    let pb = bar(None, "{spinner} {msg} {bar:40} {pos}/{len} eta {eta}");
+    let pb = bar(None, "{spinner} {msg} {bar:40} {pos}/{len}");
+    // A repeating task returns to READY after each run: it is followed
+    // until a run that ends after the wait began, read from its logs.
+    let mut logs_seen: Option<usize> = None;
     loop {
         let t = c
             .send(c.at(reqwest::Method::GET, &format!("/tasks/{id}")))
             .await?;
         let state = t["state"]["code"].as_str().unwrap_or("?").to_string();
-        pb.set_message(state.clone());
+        let logs = t["logs"].as_array().cloned().unwrap_or_default();
+        let repeating = t["trigger"]["repeat"]
+            .as_str()
+            .is_some_and(|r| !r.is_empty());
+        let seen = *logs_seen.get_or_insert(logs.len());
+        let ended_run = logs.iter().skip(seen).find_map(|l| {
+            l["msg"]
+                .as_str()?
+                .strip_prefix("INPROGRESS -> ")
+                .filter(|to| matches!(*to, "DONE" | "ERROR" | "FATAL" | "CANCELLED"))
+                .map(str::to_string)
+        });
+        let eta = t["progress"]["eta_seconds"]
+            .as_f64()
+            .map(|s| format!(" eta {}s", s.round()))
+            .unwrap_or_default();
+        let waiting = match t["trigger"]["once"].as_str() {
+            Some(at) if state == "READY" => format!(" (next run at {at})"),
+            _ => String::new(),
+        };
+        pb.set_message(format!("{state}{eta}{waiting}"));
         if let (Some(done), Some(total)) = (
             t["progress"]["done"].as_u64(),
             t["progress"]["total"].as_u64(),
@@ -321,13 +368,25 @@ async fn wait(c: &Client, id: i64) -> anyhow::Result<i32> {
             pb.set_position(done);
         }
         pb.tick();
-        if !matches!(state.as_str(), "READY" | "INPROGRESS") {
+        let ended = match (&ended_run, repeating) {
+            (Some(run_state), true) => Some(run_state.clone()),
+            _ if !matches!(state.as_str(), "READY" | "INPROGRESS") => Some(state.clone()),
+            _ => None,
+        };
+        if let Some(ended) = ended {
             pb.finish_and_clear();
-            println!("task {id} is {state}");
+            if repeating {
+                println!(
+                    "task {id}'s run ended {ended}; it repeats, next at {}",
+                    t["trigger"]["once"].as_str().unwrap_or("?")
+                );
+            } else {
+                println!("task {id} is {ended}");
+            }
             if let Some(errors) = t["errors"].as_object().filter(|e| !e.is_empty()) {
                 println!("{}", serde_json::to_string_pretty(errors)?);
             }
-            return Ok(if state == "DONE" { 0 } else { 1 });
+            return Ok(if ended == "DONE" { 0 } else { 1 });
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }

@@ -656,7 +656,41 @@ async fn update_with_stale_version_conflicts(b: Backend) {
     assert_eq!(renamed["trigger"], daily["trigger"], "{renamed}");
     assert_eq!(renamed["target"], daily["target"], "{renamed}");
     assert_eq!(renamed["state"]["code"], "READY");
-    let mut sent_back = renamed.clone();
+    // Within the trigger too: changing the repeat keeps the time and zone.
+    let (status, weekly) = s
+        .call(
+            "PUT",
+            &format!("/tasks/{id}"),
+            &t.key,
+            Some(json!({ "trigger": { "repeat": "weekly" } })),
+        )
+        .await;
+    assert_eq!(status, 200, "{weekly}");
+    assert_eq!(weekly["trigger"]["repeat"], "weekly");
+    assert_eq!(
+        (
+            &weekly["trigger"]["once"],
+            &weekly["trigger"]["timezone"],
+            &weekly["state"]["code"]
+        ),
+        (
+            &daily["trigger"]["once"],
+            &daily["trigger"]["timezone"],
+            &json!("READY")
+        ),
+        "{weekly}"
+    );
+    let (_, daily) = s
+        .call(
+            "PUT",
+            &format!("/tasks/{id}"),
+            &t.key,
+            Some(json!({ "trigger": { "repeat": "daily" } })),
+        )
+        .await;
+    // The task exactly as GET shows it can be sent back.
+    let (_, as_read) = s.call("GET", &format!("/tasks/{id}"), &t.key, None).await;
+    let mut sent_back = as_read.clone();
     sent_back["desc"] = json!("as read");
     let (status, body) = s
         .call("PUT", &format!("/tasks/{id}"), &t.key, Some(sent_back))

@@ -678,6 +678,16 @@ async fn messages_and_personal_data(b: Backend) {
     assert_eq!(status, 400);
     assert!(body.to_string().contains("target.from"), "{body}");
 
+    // An attributed install of u1's device.
+    let installs = s
+        .import(
+            &t,
+            "installs",
+            b"device_id,user_id,platform,network\nd-u1,u1,ios,Meta\nd-x,u9,ios,Meta\n".to_vec(),
+        )
+        .await;
+    assert_eq!(installs["state"]["code"], "DONE", "{installs}");
+
     // Everything held about u1.
     let done = run(
         &s,
@@ -691,6 +701,7 @@ async fn messages_and_personal_data(b: Backend) {
     assert_eq!(doc["user_id"], "u1");
     assert_eq!(doc["profile"]["attributes"]["nickname"], "nicku1");
     assert_eq!(doc["devices"].as_array().unwrap().len(), 1);
+    assert_eq!(doc["installs"][0]["device_id"], "d-u1", "{doc}");
     assert_eq!(
         doc["lists"],
         json!([{ "list_id": "vip", "added_at": doc["lists"][0]["added_at"] }])
@@ -705,7 +716,7 @@ async fn messages_and_personal_data(b: Backend) {
     assert_eq!(done["state"]["code"], "DONE", "{done}");
     assert_eq!(
         done["output"],
-        json!({ "profiles": 2, "devices": 3, "list_memberships": 2, "not_found": ["u404"] })
+        json!({ "profiles": 2, "devices": 3, "installs": 1, "list_memberships": 2, "not_found": ["u404"] })
     );
     let rows = profiles(&s, &t).await;
     let u1 = rows.iter().find(|r| r["user_id"] == "u1").unwrap();
@@ -788,6 +799,25 @@ async fn messages_and_personal_data(b: Backend) {
     assert_eq!(tasks.len(), 1, "{list}");
     assert_ne!(tasks[0]["id"], json!(id));
     assert_eq!(tasks[0]["trigger"]["repeat"], "daily");
+    // Clearing the policy stops the clean-ups: its daily task goes.
+    let (status, body) = s
+        .call(
+            "PUT",
+            "/settings",
+            &t.key,
+            Some(json!({ "retention": null })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, list) = s
+        .call(
+            "GET",
+            "/tasks?identifier=cleanup_users&state=READY",
+            &t.key,
+            None,
+        )
+        .await;
+    assert_eq!(list["tasks"], json!([]), "{list}");
     s.stop().await;
 }
 
@@ -1113,6 +1143,29 @@ async fn segments_that_no_longer_fit_end_in_error(b: Backend) {
             .as_str()
             .unwrap()
             .contains("no longer fits"),
+        "{done}"
+    );
+    // An access request by an email two profiles share says so.
+    let shared = s
+        .import(
+            &t,
+            "users",
+            b"user_id,email\ndupA,same@x.io\ndupB,same@x.io\n".to_vec(),
+        )
+        .await;
+    assert_eq!(shared["state"]["code"], "DONE", "{shared}");
+    let done = run(
+        &s,
+        &t,
+        json!({ "identifier": "profile_export_data", "target": { "email": "same@x.io" } }),
+    )
+    .await;
+    assert_eq!(done["state"]["code"], "ERROR", "{done}");
+    assert!(
+        done["errors"]["target[email]"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("2 profiles have email 'same@x.io' (user_id dupA, dupB)"),
         "{done}"
     );
     // A list that is not there is named, not an audience of nobody.
