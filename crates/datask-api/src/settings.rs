@@ -338,6 +338,8 @@ async fn unschedule_cleanup(state: &AppState, tenant: i64) -> Result<(), ApiErro
         limit: 100,
         ..Default::default()
     };
+    // One running now finishes; its next run finds no policy and stops
+    // (see `CleanupUsers`).
     for task in state.store.list_tasks(tenant, &filter).await? {
         if task.desc == CLEANUP_DESC && task.trigger.repeat.is_some() {
             match state.store.delete_task(tenant, task.id).await {
@@ -351,8 +353,7 @@ async fn unschedule_cleanup(state: &AppState, tenant: i64) -> Result<(), ApiErro
     Ok(())
 }
 
-/// What the daily task made by a retention policy is called.
-const CLEANUP_DESC: &str = "daily clean-up by the retention policy";
+use datask_core::settings::RETENTION_TASK_DESC as CLEANUP_DESC;
 
 /// The key of a tenant's daily `cleanup_users` task: one per tenant.
 pub const CLEANUP_KEY: &str = "datask:cleanup_users:daily";

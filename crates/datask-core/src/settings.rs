@@ -103,6 +103,9 @@ impl Default for ProfileSettings {
     }
 }
 
+/// The `desc` of the daily `cleanup_users` task a retention policy makes.
+pub const RETENTION_TASK_DESC: &str = "daily clean-up by the retention policy";
+
 /// Columns that may identify a profile.
 pub const IDENTIFIER_COLUMNS: [&str; 3] = ["user_id", "email", "mobile_number"];
 

@@ -339,6 +339,15 @@ impl Handler for CleanupUsers {
         let tenant = ctx.task.tenant_id;
         let settings = ctx.store.profile_settings(tenant).await?;
         let Some(retention) = settings.retention else {
+            // The policy's own daily task stops with the policy (it is
+            // deleted when the policy is cleared, unless it was running).
+            if ctx.task.desc == datask_core::settings::RETENTION_TASK_DESC
+                && ctx.task.trigger.repeat.is_some()
+            {
+                ctx.log("no retention policy any more: the daily clean-up stops")
+                    .await?;
+                return Err(TaskError::Cancelled);
+            }
             ctx.log("no retention policy: nothing to delete").await?;
             return Ok(Outcome {
                 output: Some(json!({ "profiles": 0, "policy": Value::Null })),

@@ -799,7 +799,23 @@ async fn messages_and_personal_data(b: Backend) {
     assert_eq!(tasks.len(), 1, "{list}");
     assert_ne!(tasks[0]["id"], json!(id));
     assert_eq!(tasks[0]["trigger"]["repeat"], "daily");
-    // Clearing the policy stops the clean-ups: its daily task goes.
+    // Clearing the policy stops the clean-ups: its daily task goes (once its
+    // first run, which starts at once, is over).
+    let new_id = tasks[0]["id"].as_i64().unwrap();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (_, t2) = s
+            .call("GET", &format!("/tasks/{new_id}"), &t.key, None)
+            .await;
+        if t2["state"]["code"] == "READY"
+            && t2["attempts"] == 0
+            && t2["logs"].as_array().unwrap().len() > 1
+        {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{t2}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let (status, body) = s
         .call(
             "PUT",
