@@ -30,7 +30,7 @@ pub struct ClientArgs {
 #[derive(Subcommand)]
 enum TaskCommand {
     /// Create a task: an export, an import of a local file, or any target as JSON.
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// List tasks, newest first.
     List {
         #[arg(long)]
