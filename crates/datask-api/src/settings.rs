@@ -148,24 +148,20 @@ fn apply_integrations(
                 };
                 datask_tasks::check_endpoint_url(&url)
                     .map_err(|m| ApiError::invalid(format!("{field}.url"), m))?;
-                let kept = current.get(&name).and_then(|e| e.token.clone());
                 let token = match o.get("token") {
                     // Left out: the token set before stays, if the URL still
                     // points at the same server (tokens are never shown, so
                     // a client cannot send it back).
-                    None => match kept {
-                        Some(_)
-                            if !datask_tasks::same_origin(
-                                &url,
-                                &current.get(&name).expect("kept").url,
-                            ) =>
+                    None => match current.get(&name) {
+                        Some(before @ Endpoint { token: Some(_), .. })
+                            if !datask_tasks::same_origin(&url, &before.url) =>
                         {
                             return Err(ApiError::invalid(
                                 format!("{field}.token"),
                                 "give the token again (or null for none): the URL points at another server than the token was given for",
                             ));
                         }
-                        kept => kept,
+                        before => before.and_then(|e| e.token.clone()),
                     },
                     Some(Value::Null) => None,
                     Some(Value::String(t))

@@ -1109,17 +1109,7 @@ impl Store for PgStore {
         .await
         .map_err(backend)?;
         rows.iter()
-            .map(|r| -> Result<Upload, sqlx::Error> {
-                Ok(Upload {
-                    id: r.try_get(0)?,
-                    tenant_id: r.try_get(1)?,
-                    size: r.try_get(2)?,
-                    sha256: r.try_get(3)?,
-                    object_key: r.try_get(4)?,
-                    filename: r.try_get(5)?,
-                    created_at: time(r, "created_at")?,
-                })
-            })
+            .map(upload_from_row)
             .collect::<Result<Vec<_>, _>>()
             .map_err(backend)
     }
@@ -1131,19 +1121,10 @@ impl Store for PgStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(backend)?;
-        row.map(|r| -> Result<Upload, sqlx::Error> {
-            Ok(Upload {
-                id: r.try_get(0)?,
-                tenant_id: r.try_get(1)?,
-                size: r.try_get(2)?,
-                sha256: r.try_get(3)?,
-                object_key: r.try_get(4)?,
-                filename: r.try_get(5)?,
-                created_at: time(&r, "created_at")?,
-            })
-        })
-        .transpose()
-        .map_err(backend)
+        row.as_ref()
+            .map(upload_from_row)
+            .transpose()
+            .map_err(backend)
     }
 
     async fn import_batch(&self, batch: ImportBatch) -> StoreResult<BatchOutcome> {
@@ -1296,4 +1277,18 @@ impl PgStore {
             .rows_affected();
         fenced(id, n)
     }
+}
+
+/// An `uploads` row read with the columns `id, tenant_id, size, sha256,
+/// object_key, filename, created_at`, in that order.
+fn upload_from_row(r: &sqlx::postgres::PgRow) -> Result<Upload, sqlx::Error> {
+    Ok(Upload {
+        id: r.try_get(0)?,
+        tenant_id: r.try_get(1)?,
+        size: r.try_get(2)?,
+        sha256: r.try_get(3)?,
+        object_key: r.try_get(4)?,
+        filename: r.try_get(5)?,
+        created_at: time(r, "created_at")?,
+    })
 }

@@ -869,17 +869,7 @@ impl Store for SqliteStore {
                        AND json_extract(t.target, '$.upload_id') = u.id)
                  ORDER BY created_at LIMIT ?2",
             )?;
-            let rows = stmt.query_map(params![micros(created_before), limit], |r| {
-                Ok(Upload {
-                    id: r.get(0)?,
-                    tenant_id: r.get(1)?,
-                    size: r.get(2)?,
-                    sha256: r.get(3)?,
-                    object_key: r.get(4)?,
-                    filename: r.get(5)?,
-                    created_at: from_micros(r.get(6)?),
-                })
-            })?;
+            let rows = stmt.query_map(params![micros(created_before), limit], upload_from_row)?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
         .await
@@ -889,17 +879,7 @@ impl Store for SqliteStore {
         let id = id.to_string();
         self.lookup(move |c| {
             Ok(c.prepare_cached("SELECT id, tenant_id, size, sha256, object_key, filename, created_at FROM uploads WHERE id = ?1 AND tenant_id = ?2")?
-                .query_row(params![id, tenant], |r| {
-                    Ok(Upload {
-                        id: r.get(0)?,
-                        tenant_id: r.get(1)?,
-                        size: r.get(2)?,
-                        sha256: r.get(3)?,
-                        object_key: r.get(4)?,
-                        filename: r.get(5)?,
-                        created_at: from_micros(r.get(6)?),
-                    })
-                })
+                .query_row(params![id, tenant], upload_from_row)
                 .optional()?)
         })
     }
@@ -1068,4 +1048,18 @@ impl SqliteStore {
         self.wake_workers();
         Ok(())
     }
+}
+
+/// An `uploads` row read with the columns `id, tenant_id, size, sha256,
+/// object_key, filename, created_at`, in that order.
+fn upload_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Upload> {
+    Ok(Upload {
+        id: r.get(0)?,
+        tenant_id: r.get(1)?,
+        size: r.get(2)?,
+        sha256: r.get(3)?,
+        object_key: r.get(4)?,
+        filename: r.get(5)?,
+        created_at: from_micros(r.get(6)?),
+    })
 }

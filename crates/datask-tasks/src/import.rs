@@ -309,7 +309,9 @@ impl Import {
             ctx.store.clear_rejects(ctx.task.id, ctx.fence).await?;
             cp.rows = 0;
         }
-        if !dry_run && (!atomic || cp.validated) {
+        // Whether a pass writes: not a dry run, and not an atomic check.
+        let writes = |cp: &Checkpoint| !dry_run && (!atomic || cp.validated);
+        if writes(&cp) {
             reached.written = cp.rows;
         }
         if cp.rows > 0 {
@@ -401,7 +403,7 @@ impl Import {
                             .await?;
                         cp = next;
                         reached.read = cp.rows;
-                        if !pass_dry_run {
+                        if writes(&cp) {
                             reached.written = cp.rows;
                         }
                         // Estimate the total from the share of bytes read so far.
@@ -445,11 +447,7 @@ impl Import {
         if !outcome_errors.is_empty() {
             // The file could not be read (on): what the batches before the
             // problem committed stays, and the outcome says so.
-            let written = if dry_run || (atomic && !cp.validated) {
-                0
-            } else {
-                cp.rows as i64
-            };
+            let written = if writes(&cp) { cp.rows as i64 } else { 0 };
             if written > 0
                 && let Some(Value::Array(problems)) = outcome_errors.get_mut("file")
             {
