@@ -411,6 +411,31 @@ pub trait Store: Send + Sync + 'static {
     /// Records many runs' ends in one transaction; answers the ids whose
     /// fence no longer held (those are left untouched, the rest recorded).
     async fn complete_many(&self, done: Vec<Finished>) -> StoreResult<Vec<TaskId>>;
+    /// `complete_many`, then `claim` of up to `limit` tasks, which sees the
+    /// slots those ends freed: the engine's completion writer takes the next
+    /// tasks on the same trip, in one round trip where the store can.
+    /// Answers the lost ids (as `complete_many`) and the claimed tasks. An
+    /// error means nothing was recorded.
+    async fn complete_and_claim(
+        &self,
+        done: Vec<Finished>,
+        worker: &str,
+        limit: usize,
+        lease: Duration,
+        now: Timestamp,
+    ) -> StoreResult<(Vec<TaskId>, Vec<ClaimedTask>)> {
+        let lost = self.complete_many(done).await?;
+        if limit == 0 {
+            return Ok((lost, vec![]));
+        }
+        // The ends are recorded: a failed claim must not make them look
+        // unrecorded. The engine claims again on its next turn.
+        let claimed = self
+            .claim(worker, limit, lease, now)
+            .await
+            .unwrap_or_default();
+        Ok((lost, claimed))
+    }
     /// Back to READY for another attempt at `run_at`.
     async fn retry_later(
         &self,

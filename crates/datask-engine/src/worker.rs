@@ -16,11 +16,11 @@ use datask_core::{LogEntry, Store, TaskState};
 use futures::FutureExt;
 use jiff::Timestamp;
 use serde_json::{Map, Value, json};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::completer::Completer;
+use crate::completer::{Claiming, Completer, Started};
 use crate::handler::{Outcome, Registry, TaskContext, TaskError};
 use crate::{EngineMetrics, FileStore};
 
@@ -113,31 +113,71 @@ impl Engine {
     /// Runs workers and the rescuer until `shutdown` fires, then stops
     /// claiming, lets running tasks finish within the grace period, and
     /// releases the rest back to READY.
+    ///
+    /// Two places claim: this loop, when slots are free and work may be due
+    /// (a wake-up, a due time, the poll, a run that ended without the
+    /// completion writer), and the completion writer, which claims for the
+    /// slots its batch frees on the same trip (completer.rs).
     pub async fn run(self, shutdown: CancellationToken) {
         let rescuer = tokio::spawn(self.clone().rescue_loop(shutdown.clone()));
-        let (completer, writer) = Completer::start(self.store.clone());
+        let slots = Arc::new(Semaphore::new(self.config.slots));
+        let claiming = Arc::new(AtomicBool::new(true));
+        let backlog = Arc::new(AtomicBool::new(false));
+        let (started_tx, mut started) = mpsc::unbounded_channel();
         let finished = Arc::new(Notify::new());
+        let returned = Arc::new(Notify::new());
+        let (completer, writer) = Completer::start(
+            self.store.clone(),
+            Claiming {
+                worker: self.config.node.clone(),
+                lease: self.config.lease,
+                slots: slots.clone(),
+                on: claiming.clone(),
+                backlog: backlog.clone(),
+                started: started_tx,
+                returned: returned.clone(),
+                freed: finished.clone(),
+            },
+        );
         let mut running = Running {
             set: JoinSet::new(),
             stops: Vec::new(),
         };
+        // Whether the next turn claims before it waits: not when its free
+        // slots came back from the completion writer unclaimed (its claim
+        // found nothing more, or there was no backlog to claim for): work
+        // that comes in wakes this loop through the store.
+        let mut claim_first = true;
         loop {
+            while let Ok((c, slot)) = started.try_recv() {
+                self.start(&mut running, c, slot, &finished, &completer);
+            }
             while let Some(done) = running.set.try_join_next() {
                 if let Ok(id) = done {
                     running.stops.retain(|(t, _, _)| *t != id);
                 }
             }
-            let tick = match self.tick(&mut running, &finished, &completer).await {
-                Ok(t) => t,
-                Err(e) => {
-                    tracing::warn!(error = %e, "claim failed");
-                    Tick::NothingDue
+            let tick = if claim_first {
+                match self
+                    .tick(&mut running, &slots, &backlog, &finished, &completer)
+                    .await
+                {
+                    Ok(t) => t,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "claim failed");
+                        Tick::NothingDue
+                    }
                 }
+            } else if slots.available_permits() == 0 {
+                Tick::NoFreeSlot
+            } else {
+                Tick::NothingDue
             };
+            claim_first = true;
             if let Tick::Started(_) = tick {
                 continue;
             }
-            // With every slot busy only a finished run (or the poll) matters.
+            // With every slot busy only a freed slot (or the poll) matters.
             let wait = match tick {
                 Tick::NoFreeSlot => self.config.poll,
                 _ => match self.store.next_due().await {
@@ -154,10 +194,17 @@ impl Engine {
                 _ = self.store.wait_for_work(wait), if tick != Tick::NoFreeSlot => {}
                 _ = tokio::time::sleep(self.config.poll), if tick == Tick::NoFreeSlot => {}
                 _ = finished.notified() => {}
+                _ = returned.notified() => claim_first = false,
+                Some((c, slot)) = started.recv() => {
+                    self.start(&mut running, c, slot, &finished, &completer);
+                    claim_first = false;
+                }
             }
         }
+        claiming.store(false, Ordering::SeqCst);
         rescuer.abort();
-        self.drain(running).await;
+        self.drain(running, &mut started, &finished, &completer)
+            .await;
         drop(completer);
         let _ = writer.await;
     }
@@ -166,58 +213,98 @@ impl Engine {
     async fn tick(
         &self,
         running: &mut Running,
+        slots: &Arc<Semaphore>,
+        backlog: &AtomicBool,
         finished: &Arc<Notify>,
         completer: &Completer,
     ) -> Result<Tick, datask_core::StoreError> {
-        let free = self.config.slots.saturating_sub(running.set.len());
+        let free = slots.available_permits();
         if free == 0 {
             return Ok(Tick::NoFreeSlot);
         }
+        let Ok(mut free_slots) = slots.clone().try_acquire_many_owned(free as u32) else {
+            return Ok(Tick::NoFreeSlot);
+        };
         let claimed = self
             .store
             .claim(&self.config.node, free, self.config.lease, Timestamp::now())
             .await?;
+        backlog.store(claimed.len() == free, Ordering::SeqCst);
         if claimed.is_empty() {
             return Ok(Tick::NothingDue);
         }
         let n = claimed.len();
-        self.metrics.claimed.fetch_add(n as u64, Ordering::Relaxed);
         for c in claimed {
-            let stop = CancellationToken::new();
-            let release = Arc::new(AtomicBool::new(false));
-            running
-                .stops
-                .push((c.task.id, stop.clone(), release.clone()));
-            let engine = self.clone();
-            let finished = finished.clone();
-            let completer = completer.clone();
-            running.set.spawn(async move {
-                let id = c.task.id;
-                engine.metrics.running.fetch_add(1, Ordering::Relaxed);
-                engine.run_one(c, stop, release, &completer).await;
-                engine.metrics.running.fetch_sub(1, Ordering::Relaxed);
-                finished.notify_one();
-                id
-            });
+            let slot = free_slots.split(1).expect("one slot per claimed task");
+            self.start(running, c, slot, finished, completer);
         }
         Ok(Tick::Started(n))
     }
 
-    async fn drain(&self, mut running: Running) {
+    /// Starts one claimed task in its slot.
+    fn start(
+        &self,
+        running: &mut Running,
+        c: ClaimedTask,
+        slot: OwnedSemaphorePermit,
+        finished: &Arc<Notify>,
+        completer: &Completer,
+    ) {
+        self.metrics.claimed.fetch_add(1, Ordering::Relaxed);
+        let stop = CancellationToken::new();
+        let release = Arc::new(AtomicBool::new(false));
+        running
+            .stops
+            .push((c.task.id, stop.clone(), release.clone()));
+        let engine = self.clone();
+        let finished = finished.clone();
+        let completer = completer.clone();
+        running.set.spawn(async move {
+            let id = c.task.id;
+            engine.metrics.running.fetch_add(1, Ordering::Relaxed);
+            let handed = engine.run_one(c, slot, stop, release, &completer).await;
+            engine.metrics.running.fetch_sub(1, Ordering::Relaxed);
+            // A slot handed to the completion writer is its to refill.
+            if !handed {
+                finished.notify_one();
+            }
+            id
+        });
+    }
+
+    /// Waits for the running tasks (and those the completion writer claimed
+    /// before claiming stopped) within the grace period, then asks the rest
+    /// to stop and hand their tasks back.
+    async fn drain(
+        &self,
+        mut running: Running,
+        started: &mut mpsc::UnboundedReceiver<Started>,
+        finished: &Arc<Notify>,
+        completer: &Completer,
+    ) {
         let grace = tokio::time::sleep(self.config.grace);
         tokio::pin!(grace);
+        let mut out_of_time = false;
         loop {
             tokio::select! {
-                next = running.set.join_next() => if next.is_none() { return },
-                _ = &mut grace => break,
+                next = running.set.join_next() => if next.is_none() {
+                    // Every run has its answer, so every task claimed for
+                    // this engine is in the channel by now.
+                    match started.try_recv() {
+                        Ok((c, slot)) => self.start(&mut running, c, slot, finished, completer),
+                        Err(_) => return,
+                    }
+                },
+                Some((c, slot)) = started.recv() => self.start(&mut running, c, slot, finished, completer),
+                _ = &mut grace, if !out_of_time => out_of_time = true,
+            }
+            if out_of_time {
+                for (_, stop, release) in &running.stops {
+                    release.store(true, Ordering::SeqCst);
+                    stop.cancel();
+                }
             }
         }
-        // Out of time: ask the rest to stop and hand their tasks back.
-        for (_, stop, release) in &running.stops {
-            release.store(true, Ordering::SeqCst);
-            stop.cancel();
-        }
-        while running.set.join_next().await.is_some() {}
     }
 
     async fn rescue_loop(self, shutdown: CancellationToken) {
@@ -292,14 +379,17 @@ impl Engine {
         }
     }
 
-    /// Runs one claimed task to its recorded end.
+    /// Runs one claimed task to its recorded end; answers whether its slot
+    /// went to the completion writer (else it is freed on return).
     async fn run_one(
         &self,
         claimed: ClaimedTask,
+        slot: OwnedSemaphorePermit,
         stop: CancellationToken,
         release: Arc<AtomicBool>,
         completer: &Completer,
-    ) {
+    ) -> bool {
+        let mut slot = Some(slot);
         let ClaimedTask { task, fence } = claimed;
         let id = task.id;
         let lease_lost = Arc::new(AtomicBool::new(false));
@@ -344,7 +434,7 @@ impl Engine {
         if lease_lost.load(Ordering::SeqCst) {
             tracing::warn!(task = id, "lease lost; the run's outcome is dropped");
             self.metrics.lease_lost.fetch_add(1, Ordering::Relaxed);
-            return;
+            return false;
         }
         let now = Timestamp::now();
         // A run that ends (not a retry or release) leaves earlier runs' files
@@ -370,7 +460,8 @@ impl Engine {
             }
             Ok(outcome) => {
                 self.metrics.finished(outcome.state());
-                self.finish(&task, fence, outcome, now, completer).await
+                self.finish(&task, fence, outcome, now, completer, &mut slot)
+                    .await
             }
             Err(TaskError::Cancelled) => {
                 self.metrics.finished(TaskState::Cancelled);
@@ -381,7 +472,12 @@ impl Engine {
                     None,
                     now,
                 );
-                completer.complete(finished(id, fence, c)).await
+                completer
+                    .complete(
+                        finished(id, fence, c),
+                        slot.take().expect("one end per run"),
+                    )
+                    .await
             }
             Err(TaskError::Retryable(msg)) if task.attempts < task.max_attempts => {
                 let delay = self.config.backoff
@@ -409,7 +505,12 @@ impl Engine {
                     reschedule,
                     now,
                 );
-                completer.complete(finished(id, fence, c)).await
+                completer
+                    .complete(
+                        finished(id, fence, c),
+                        slot.take().expect("one end per run"),
+                    )
+                    .await
             }
         };
         match recorded {
@@ -425,6 +526,7 @@ impl Engine {
             }
             Ok(()) => {}
         }
+        slot.is_none()
     }
 
     async fn finish(
@@ -434,6 +536,7 @@ impl Engine {
         outcome: Outcome,
         now: Timestamp,
         completer: &Completer,
+        slot: &mut Option<OwnedSemaphorePermit>,
     ) -> Result<(), datask_core::StoreError> {
         let state = outcome.state();
         let mut log = LogEntry::new(
@@ -454,7 +557,8 @@ impl Engine {
         let mut c = completion(state, outcome.errors, vec![log], reschedule, now);
         c.output = outcome.output;
         c.result = outcome.result;
-        completer.complete(finished(task.id, fence, c)).await
+        let slot = slot.take().expect("one end per run");
+        completer.complete(finished(task.id, fence, c), slot).await
     }
 
     /// The next run of a repeating task, in its time zone (the trigger's,

@@ -53,6 +53,7 @@ on_both_stores!(
     lost_lease_records_nothing,
     shutdown_releases_running_tasks,
     tenant_concurrency_is_a_ceiling,
+    a_backlog_stays_within_the_slots_and_shutdown_strands_nothing,
     expired_uploads_are_deleted
 );
 
@@ -331,6 +332,19 @@ async fn shutdown_releases_running_tasks(b: Backend) {
 struct Overlapping {
     in_flight: Arc<AtomicUsize>,
     max_in_flight: Arc<AtomicUsize>,
+    sleep_ms: u64,
+    runs: Arc<AtomicUsize>,
+}
+
+impl Overlapping {
+    fn new(sleep_ms: u64) -> Self {
+        Overlapping {
+            in_flight: Arc::new(AtomicUsize::new(0)),
+            max_in_flight: Arc::new(AtomicUsize::new(0)),
+            sleep_ms,
+            runs: Arc::new(AtomicUsize::new(0)),
+        }
+    }
 }
 
 #[async_trait]
@@ -342,9 +356,10 @@ impl Handler for Overlapping {
         Ok(())
     }
     async fn run(&self, _: &TaskContext) -> Result<Outcome, TaskError> {
+        self.runs.fetch_add(1, Ordering::SeqCst);
         let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.max_in_flight.fetch_max(now, Ordering::SeqCst);
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        tokio::time::sleep(Duration::from_millis(self.sleep_ms)).await;
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
         Ok(Outcome::default())
     }
@@ -357,10 +372,7 @@ async fn tenant_concurrency_is_a_ceiling(b: Backend) {
         h.task("slowish", 3).await,
         h.task("slowish", 3).await,
     ];
-    let handler = Overlapping {
-        in_flight: Arc::new(AtomicUsize::new(0)),
-        max_in_flight: Arc::new(AtomicUsize::new(0)),
-    };
+    let handler = Overlapping::new(150);
     let max_in_flight = handler.max_in_flight.clone();
     let mut reg = Registry::new();
     reg.register(handler);
@@ -449,5 +461,58 @@ async fn expired_uploads_are_deleted(b: Backend) {
                 .is_ok(),
             "{kept}"
         );
+    }
+}
+
+/// A backlog is claimed mostly by the completion writer, on its trips: the
+/// engine's slots stay a ceiling, and a shutdown in the middle leaves no
+/// task INPROGRESS (tasks the writer claimed as claiming stopped are run or
+/// released), and no task runs twice.
+async fn a_backlog_stays_within_the_slots_and_shutdown_strands_nothing(b: Backend) {
+    let h = harness(b, 1000).await;
+    let mut ids = Vec::new();
+    for _ in 0..200 {
+        ids.push(h.task("slowish", 3).await);
+    }
+    let handler = Overlapping::new(10);
+    let (max_in_flight, runs) = (handler.max_in_flight.clone(), handler.runs.clone());
+    let mut reg = Registry::new();
+    reg.register(handler);
+    let (stop, engine) = h.start(reg, 8, Duration::from_secs(30));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while runs.load(Ordering::SeqCst) < 60 {
+        assert!(tokio::time::Instant::now() < deadline, "the backlog did not move");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.cancel();
+    engine.await.unwrap();
+    let mut done = 0;
+    for &id in &ids {
+        let t = h.store.get_task(h.tenant, id).await.unwrap().unwrap();
+        assert!(
+            matches!(t.state, TaskState::Done | TaskState::Ready),
+            "task {id} is {:?} after shutdown: {:?}",
+            t.state,
+            t.logs
+        );
+        done += usize::from(t.state == TaskState::Done);
+    }
+    assert!(done >= 60 && done < ids.len(), "{done} done");
+    assert_eq!(runs.load(Ordering::SeqCst), done, "every run ended DONE");
+
+    // The rest, by a second engine, each once.
+    let handler = Overlapping::new(1);
+    let (max2, runs2) = (handler.max_in_flight.clone(), handler.runs.clone());
+    let mut reg = Registry::new();
+    reg.register(handler);
+    let (stop, engine) = h.start(reg, 8, Duration::from_secs(30));
+    for &id in &ids {
+        h.wait_state(id, &[TaskState::Done], 20).await;
+    }
+    stop.cancel();
+    engine.await.unwrap();
+    assert_eq!(done + runs2.load(Ordering::SeqCst), ids.len());
+    for m in [&max_in_flight, &max2] {
+        assert!(m.load(Ordering::SeqCst) <= 8, "more than 8 at once: {m:?}");
     }
 }

@@ -199,6 +199,110 @@ fn lease_until(now: Timestamp, lease: Duration) -> PgTime {
     )
 }
 
+/// The log entry a claim appends to each task it takes.
+fn claim_log(now: Timestamp) -> J<Json> {
+    logs_json(&[LogEntry::transition(
+        TaskState::Ready,
+        TaskState::InProgress,
+        now,
+    )])
+}
+
+/// How far past the head of the queue one claim looks: enough to pass over
+/// a few tenants with fewer free slots than due tasks (full tenants are
+/// skipped by the scan itself). Every row in it is a heap visit, so not more.
+fn claim_window(limit: usize) -> i64 {
+    (limit as i64).saturating_mul(4).saturating_add(64)
+}
+
+fn claimed_from_row(r: &PgRow) -> Result<ClaimedTask, sqlx::Error> {
+    Ok(ClaimedTask {
+        task: task_from_row(r)?,
+        fence: r.try_get("fence")?,
+    })
+}
+
+/// A batch of run ends as `datask_complete` takes them: each column one
+/// array, bound as its first ten parameters.
+struct Ends {
+    ids: Vec<TaskId>,
+    fences: Vec<i64>,
+    states: Vec<&'static str>,
+    errors: Vec<J<Json>>,
+    outputs: Vec<Option<J<Json>>>,
+    results: Vec<Option<String>>,
+    nows: Vec<PgTime>,
+    reschedules: Vec<Option<PgTime>>,
+    onces: Vec<J<Json>>,
+    logs: Vec<J<Json>>,
+}
+
+impl Ends {
+    fn new(done: Vec<Finished>) -> Self {
+        let n = done.len();
+        let mut e = Ends {
+            ids: Vec::with_capacity(n),
+            fences: Vec::with_capacity(n),
+            states: Vec::with_capacity(n),
+            errors: Vec::with_capacity(n),
+            outputs: Vec::with_capacity(n),
+            results: Vec::with_capacity(n),
+            nows: Vec::with_capacity(n),
+            reschedules: Vec::with_capacity(n),
+            onces: Vec::with_capacity(n),
+            logs: Vec::with_capacity(n),
+        };
+        for Finished {
+            id,
+            fence,
+            completion: done,
+        } in done
+        {
+            let mut logs = vec![LogEntry::transition(
+                TaskState::InProgress,
+                done.state,
+                done.now,
+            )];
+            logs.extend(done.logs);
+            let (state, reschedule) = match done.reschedule {
+                Some(at) => {
+                    logs.push(LogEntry::transition(done.state, TaskState::Ready, done.now));
+                    (TaskState::Ready, Some(at))
+                }
+                None => (done.state, None),
+            };
+            e.ids.push(id);
+            e.fences.push(fence);
+            e.states.push(state.as_str());
+            e.errors.push(to_json(&done.errors));
+            e.outputs.push(done.output.map(J));
+            e.results.push(done.result);
+            e.nows.push(pg(done.now));
+            e.reschedules.push(reschedule.map(pg));
+            // `trigger.once` as serde writes a Timestamp.
+            e.onces.push(to_json(&reschedule));
+            e.logs.push(logs_json(&logs));
+        }
+        e
+    }
+
+    fn bind<'q>(
+        &'q self,
+        q: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
+        q.bind(&self.ids)
+            .bind(&self.fences)
+            .bind(&self.states)
+            .bind(&self.errors)
+            .bind(&self.outputs)
+            .bind(&self.results)
+            .bind(&self.nows)
+            .bind(&self.reschedules)
+            .bind(&self.onces)
+            .bind(&self.logs)
+    }
+}
+
 #[async_trait]
 impl Store for PgStore {
     fn backend_name(&self) -> &'static str {
@@ -798,16 +902,6 @@ impl Store for PgStore {
         if limit == 0 {
             return Ok(vec![]);
         }
-        let log = logs_json(&[LogEntry::transition(
-            TaskState::Ready,
-            TaskState::InProgress,
-            now,
-        )]);
-        // How far past the head of the queue one claim looks: enough to
-        // pass over a few tenants with fewer free slots than due tasks
-        // (full tenants are skipped by the scan itself). Every row in it is
-        // a heap visit, so not more.
-        let window = (limit as i64).saturating_mul(4).saturating_add(64);
         // The claim itself, its lock and why it is written as it is:
         // migrations/0007_claim_function.sql.
         let rows = sqlx::query("SELECT * FROM datask_claim($1, $2, $3, $4, $5, $6)")
@@ -815,19 +909,14 @@ impl Store for PgStore {
             .bind(limit as i64)
             .bind(worker)
             .bind(lease_until(now, lease))
-            .bind(log)
-            .bind(window)
+            .bind(claim_log(now))
+            .bind(claim_window(limit))
             .fetch_all(&self.pool)
             .await
             .map_err(backend)?;
         let mut claimed = rows
             .iter()
-            .map(|r| {
-                Ok(ClaimedTask {
-                    task: task_from_row(r)?,
-                    fence: r.try_get("fence")?,
-                })
-            })
+            .map(claimed_from_row)
             .collect::<Result<Vec<_>, sqlx::Error>>()
             .map_err(backend)?;
         // RETURNING has no order of its own.
@@ -894,86 +983,59 @@ impl Store for PgStore {
         if done.is_empty() {
             return Ok(vec![]);
         }
-        // One statement for the whole batch: each column travels as one array.
-        let n = done.len();
-        let (mut ids, mut fences, mut states) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        let (mut errors, mut outputs, mut results) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        let (mut nows, mut reschedules, mut onces, mut logs_all) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        for Finished {
-            id,
-            fence,
-            completion: done,
-        } in done
-        {
-            let mut logs = vec![LogEntry::transition(
-                TaskState::InProgress,
-                done.state,
-                done.now,
-            )];
-            logs.extend(done.logs);
-            let (state, reschedule) = match done.reschedule {
-                Some(at) => {
-                    logs.push(LogEntry::transition(done.state, TaskState::Ready, done.now));
-                    (TaskState::Ready, Some(at))
-                }
-                None => (done.state, None),
-            };
-            ids.push(id);
-            fences.push(fence);
-            states.push(state.as_str());
-            errors.push(to_json(&done.errors));
-            outputs.push(done.output.map(J));
-            results.push(done.result);
-            nows.push(pg(done.now));
-            reschedules.push(reschedule.map(pg));
-            // `trigger.once` as serde writes a Timestamp.
-            onces.push(to_json(&reschedule));
-            logs_all.push(logs_json(&logs));
-        }
-        let sql = format!(
-            "UPDATE tasks t SET state = d.state, errors = d.errors, output = d.output, result = d.result,
-                 finished_at = d.now, modified_at = d.now,
-                 version = t.version + 1, lease_owner = NULL, lease_expires_at = NULL, checkpoint = NULL,
-                 run_at = COALESCE(d.reschedule, t.run_at),
-                 attempts = CASE WHEN d.reschedule IS NULL THEN t.attempts ELSE 0 END,
-                 trigger = CASE WHEN d.reschedule IS NULL THEN t.trigger ELSE jsonb_set(t.trigger, '{{once}}', d.once) END,
-                 logs = t.logs || d.logs
-             FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::jsonb[], $5::jsonb[], $6::text[],
-                         $7::timestamptz[], $8::timestamptz[], $9::jsonb[], $10::jsonb[])
-                  AS d(id, fence, state, errors, output, result, now, reschedule, once, logs)
-             WHERE t.id = d.id AND t.fence = d.fence AND t.state = 'INPROGRESS'
-             RETURNING t.id, {}",
-            wake_when("t.state = 'READY'")
-        );
-        let recorded: Vec<TaskId> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-            .bind(&ids)
-            .bind(&fences)
-            .bind(&states)
-            .bind(&errors)
-            .bind(&outputs)
-            .bind(&results)
-            .bind(&nows)
-            .bind(&reschedules)
-            .bind(&onces)
-            .bind(&logs_all)
+        // The statement, and why it is a function: migrations/0009_complete_and_claim.sql.
+        let ends = Ends::new(done);
+        let rows = ends
+            .bind(sqlx::query(
+                "SELECT * FROM datask_complete($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            ))
             .fetch_all(&self.pool)
             .await
             .map_err(backend)?;
-        ids.retain(|id| !recorded.contains(id));
-        Ok(ids)
+        rows.iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()
+            .map_err(backend)
+    }
+
+    async fn complete_and_claim(
+        &self,
+        done: Vec<Finished>,
+        worker: &str,
+        limit: usize,
+        lease: Duration,
+        now: Timestamp,
+    ) -> StoreResult<(Vec<TaskId>, Vec<ClaimedTask>)> {
+        if limit == 0 {
+            return Ok((self.complete_many(done).await?, vec![]));
+        }
+        let ends = Ends::new(done);
+        let rows = ends
+            .bind(sqlx::query(
+                "SELECT * FROM datask_complete_and_claim($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,
+                                                         $11, $12, $13, $14, $15, $16)",
+            ))
+            .bind(pg(now))
+            .bind(limit as i64)
+            .bind(worker)
+            .bind(lease_until(now, lease))
+            .bind(claim_log(now))
+            .bind(claim_window(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        let mut lost = Vec::new();
+        let mut claimed = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let state: &str = r.try_get("state").map_err(backend)?;
+            if state == "LOST" {
+                lost.push(r.try_get("id").map_err(backend)?);
+            } else {
+                claimed.push(claimed_from_row(r).map_err(backend)?);
+            }
+        }
+        claimed.sort_by_key(|c| (c.task.priority, c.task.run_at, c.task.id));
+        Ok((lost, claimed))
     }
 
     async fn retry_later(

@@ -133,6 +133,140 @@ fn must_exist(task: Option<Task>) -> Result<Task, Failure> {
     task.ok_or(Failure::Store(StoreError::NotFound))
 }
 
+/// Claims up to `limit` due tasks inside the caller's transaction.
+fn claim_in(
+    tx: &Connection,
+    worker: &str,
+    limit: usize,
+    lease: Duration,
+    now: Timestamp,
+) -> Result<Vec<ClaimedTask>, Failure> {
+    let mut running: HashMap<TenantId, i64> = HashMap::new();
+    {
+        let mut stmt = tx.prepare_cached(
+            "SELECT tenant_id, COUNT(*) FROM tasks WHERE state = 'INPROGRESS' GROUP BY tenant_id",
+        )?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            running.insert(r.get(0)?, r.get(1)?);
+        }
+    }
+    let mut limits: HashMap<TenantId, i64> = HashMap::new();
+    let mut chosen: Vec<TaskId> = Vec::with_capacity(limit);
+    {
+        // Walk the due tasks in order and skip tenants at their limit;
+        // the partial index makes this a scan of READY tasks only.
+        let mut stmt = tx.prepare_cached(
+            "SELECT id, tenant_id FROM tasks WHERE state = 'READY' AND run_at <= ?1 ORDER BY priority, run_at, id",
+        )?;
+        let mut rows = stmt.query([micros(now)])?;
+        let mut tenant_stmt = tx.prepare_cached("SELECT concurrency FROM tenants WHERE id = ?1")?;
+        while chosen.len() < limit {
+            let Some(r) = rows.next()? else { break };
+            let (id, tenant): (TaskId, TenantId) = (r.get(0)?, r.get(1)?);
+            let cap = match limits.get(&tenant) {
+                Some(c) => *c,
+                None => {
+                    let c: i64 = tenant_stmt
+                        .query_row([tenant], |r| r.get(0))
+                        .optional()?
+                        .unwrap_or(1);
+                    limits.insert(tenant, c);
+                    c
+                }
+            };
+            let n = running.entry(tenant).or_insert(0);
+            if *n < cap {
+                *n += 1;
+                chosen.push(id);
+            }
+        }
+    }
+    let mut claimed = Vec::with_capacity(chosen.len());
+    if chosen.is_empty() {
+        return Ok(claimed);
+    }
+    let lease_until = micros(now) + lease.as_micros() as i64;
+    let log = logs_json(&[LogEntry::transition(
+        TaskState::Ready,
+        TaskState::InProgress,
+        now,
+    )])?;
+    // One step of the fence sequence for the whole claim; the tasks
+    // take the values below it in turn.
+    let last_fence: i64 = tx
+        .prepare_cached("UPDATE fence_seq SET value = value + ?1 WHERE id = 1 RETURNING value")?
+        .query_row([chosen.len() as i64], |r| r.get(0))?;
+    let mut take = tx.prepare_cached(&format!(
+        "UPDATE tasks SET state = 'INPROGRESS', attempts = attempts + 1, fence = ?2, lease_owner = ?3,
+             lease_expires_at = ?4, started_at = ?5, cancel_requested = 0, version = version + 1,
+             modified_at = ?5, {LOGS_AT_6} WHERE id = ?1 RETURNING {TASK_COLUMNS}"
+    ))?;
+    let first_fence = last_fence - chosen.len() as i64 + 1;
+    for (fence, id) in (first_fence..).zip(chosen) {
+        let task = take.query_row(
+            params![id, fence, worker, lease_until, micros(now), log],
+            task_from_row,
+        )?;
+        claimed.push(ClaimedTask { task, fence });
+    }
+    drop(take);
+    Ok(claimed)
+}
+
+/// Records run ends inside the caller's transaction; answers the ids whose
+/// fence no longer held.
+fn complete_in(tx: &Connection, done: Vec<Finished>) -> Result<Vec<TaskId>, Failure> {
+    let mut lost = Vec::new();
+    {
+        let mut update = tx.prepare_cached(&format!(
+            "UPDATE tasks SET state = ?2, errors = ?3, output = ?4, result = ?5, finished_at = ?6, modified_at = ?6,
+                 version = version + 1, lease_owner = NULL, lease_expires_at = NULL, checkpoint = NULL,
+                 run_at = COALESCE(?7, run_at),
+                 attempts = CASE WHEN ?7 IS NULL THEN attempts ELSE 0 END,
+                 trigger = CASE WHEN ?7 IS NULL THEN trigger ELSE json_set(trigger, '$.once', ?8) END,
+                 {LOGS_AT_9}
+             WHERE id = ?1 AND fence = ?10 AND state = 'INPROGRESS'"
+        ))?;
+        for Finished {
+            id,
+            fence,
+            completion: done,
+        } in done
+        {
+            let mut logs = vec![LogEntry::transition(
+                TaskState::InProgress,
+                done.state,
+                done.now,
+            )];
+            logs.extend(done.logs);
+            let (state, run_at) = match done.reschedule {
+                Some(at) => {
+                    logs.push(LogEntry::transition(done.state, TaskState::Ready, done.now));
+                    (TaskState::Ready, Some(micros(at)))
+                }
+                None => (done.state, None),
+            };
+            let n = update.execute(params![
+                id,
+                state.as_str(),
+                serde_json::to_string(&done.errors)?,
+                done.output.map(|o| o.to_string()),
+                done.result,
+                micros(done.now),
+                run_at,
+                done.reschedule.map(|t| t.to_string()),
+                logs_json(&logs)?,
+                fence,
+            ])?;
+            if n == 0 {
+                lost.push(id);
+            }
+        }
+    }
+    Ok(lost)
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     fn backend_name(&self) -> &'static str {
@@ -580,65 +714,7 @@ impl Store for SqliteStore {
         let worker = worker.to_string();
         self.write(move |c| {
             let tx = c.savepoint()?;
-            let mut running: HashMap<TenantId, i64> = HashMap::new();
-            {
-                let mut stmt = tx.prepare_cached("SELECT tenant_id, COUNT(*) FROM tasks WHERE state = 'INPROGRESS' GROUP BY tenant_id")?;
-                let mut rows = stmt.query([])?;
-                while let Some(r) = rows.next()? {
-                    running.insert(r.get(0)?, r.get(1)?);
-                }
-            }
-            let mut limits: HashMap<TenantId, i64> = HashMap::new();
-            let mut chosen: Vec<TaskId> = Vec::with_capacity(limit);
-            {
-                // Walk the due tasks in order and skip tenants at their limit;
-                // the partial index makes this a scan of READY tasks only.
-                let mut stmt = tx.prepare_cached(
-                    "SELECT id, tenant_id FROM tasks WHERE state = 'READY' AND run_at <= ?1 ORDER BY priority, run_at, id",
-                )?;
-                let mut rows = stmt.query([micros(now)])?;
-                let mut tenant_stmt = tx.prepare_cached("SELECT concurrency FROM tenants WHERE id = ?1")?;
-                while chosen.len() < limit {
-                    let Some(r) = rows.next()? else { break };
-                    let (id, tenant): (TaskId, TenantId) = (r.get(0)?, r.get(1)?);
-                    let cap = match limits.get(&tenant) {
-                        Some(c) => *c,
-                        None => {
-                            let c: i64 = tenant_stmt.query_row([tenant], |r| r.get(0)).optional()?.unwrap_or(1);
-                            limits.insert(tenant, c);
-                            c
-                        }
-                    };
-                    let n = running.entry(tenant).or_insert(0);
-                    if *n < cap {
-                        *n += 1;
-                        chosen.push(id);
-                    }
-                }
-            }
-            let mut claimed = Vec::with_capacity(chosen.len());
-            if chosen.is_empty() {
-                return Ok(claimed);
-            }
-            let lease_until = micros(now) + lease.as_micros() as i64;
-            let log = logs_json(&[LogEntry::transition(TaskState::Ready, TaskState::InProgress, now)])?;
-            // One step of the fence sequence for the whole claim; the tasks
-            // take the values below it in turn.
-            let last_fence: i64 = tx
-                .prepare_cached("UPDATE fence_seq SET value = value + ?1 WHERE id = 1 RETURNING value")?
-                .query_row([chosen.len() as i64], |r| r.get(0))?;
-            let mut take = tx.prepare_cached(&format!(
-                "UPDATE tasks SET state = 'INPROGRESS', attempts = attempts + 1, fence = ?2, lease_owner = ?3,
-                     lease_expires_at = ?4, started_at = ?5, cancel_requested = 0, version = version + 1,
-                     modified_at = ?5, {LOGS_AT_6} WHERE id = ?1 RETURNING {TASK_COLUMNS}"
-            ))?;
-            let first_fence = last_fence - chosen.len() as i64 + 1;
-            for (fence, id) in (first_fence..).zip(chosen) {
-                let task = take
-                    .query_row(params![id, fence, worker, lease_until, micros(now), log], task_from_row)?;
-                claimed.push(ClaimedTask { task, fence });
-            }
-            drop(take);
+            let claimed = claim_in(&tx, &worker, limit, lease, now)?;
             tx.commit()?;
             Ok(claimed)
         })
@@ -696,45 +772,7 @@ impl Store for SqliteStore {
         let lost = self
             .write(move |c| {
                 let tx = c.savepoint()?;
-                let mut lost = Vec::new();
-                {
-                    let mut update = tx.prepare_cached(&format!(
-                        "UPDATE tasks SET state = ?2, errors = ?3, output = ?4, result = ?5, finished_at = ?6, modified_at = ?6,
-                             version = version + 1, lease_owner = NULL, lease_expires_at = NULL, checkpoint = NULL,
-                             run_at = COALESCE(?7, run_at),
-                             attempts = CASE WHEN ?7 IS NULL THEN attempts ELSE 0 END,
-                             trigger = CASE WHEN ?7 IS NULL THEN trigger ELSE json_set(trigger, '$.once', ?8) END,
-                             {LOGS_AT_9}
-                         WHERE id = ?1 AND fence = ?10 AND state = 'INPROGRESS'"
-                    ))?;
-                    for Finished { id, fence, completion: done } in done {
-                        let mut logs =
-                            vec![LogEntry::transition(TaskState::InProgress, done.state, done.now)];
-                        logs.extend(done.logs);
-                        let (state, run_at) = match done.reschedule {
-                            Some(at) => {
-                                logs.push(LogEntry::transition(done.state, TaskState::Ready, done.now));
-                                (TaskState::Ready, Some(micros(at)))
-                            }
-                            None => (done.state, None),
-                        };
-                        let n = update.execute(params![
-                            id,
-                            state.as_str(),
-                            serde_json::to_string(&done.errors)?,
-                            done.output.map(|o| o.to_string()),
-                            done.result,
-                            micros(done.now),
-                            run_at,
-                            done.reschedule.map(|t| t.to_string()),
-                            logs_json(&logs)?,
-                            fence,
-                        ])?;
-                        if n == 0 {
-                            lost.push(id);
-                        }
-                    }
-                }
+                let lost = complete_in(&tx, done)?;
                 tx.commit()?;
                 Ok(lost)
             })
@@ -743,6 +781,36 @@ impl Store for SqliteStore {
             self.wake_workers();
         }
         Ok(lost)
+    }
+
+    async fn complete_and_claim(
+        &self,
+        done: Vec<Finished>,
+        worker: &str,
+        limit: usize,
+        lease: Duration,
+        now: Timestamp,
+    ) -> StoreResult<(Vec<TaskId>, Vec<ClaimedTask>)> {
+        // One write: the ends and the claim share a commit.
+        let rescheduled = done.iter().any(|f| f.completion.reschedule.is_some());
+        let worker = worker.to_string();
+        let answer = self
+            .write(move |c| {
+                let tx = c.savepoint()?;
+                let lost = complete_in(&tx, done)?;
+                let claimed = if limit == 0 {
+                    vec![]
+                } else {
+                    claim_in(&tx, &worker, limit, lease, now)?
+                };
+                tx.commit()?;
+                Ok((lost, claimed))
+            })
+            .await?;
+        if rescheduled {
+            self.wake_workers();
+        }
+        Ok(answer)
     }
 
     async fn retry_later(

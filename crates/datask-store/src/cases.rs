@@ -1825,3 +1825,102 @@ pub async fn insert_tasks_in_bulk(s: S) {
         .unwrap();
     assert!(retried[0].created, "the failed batch left no key behind");
 }
+
+pub async fn complete_and_claim_in_one_trip(s: S) {
+    let a = tenant(&s, 2).await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(insert(&s, new_task(a, at(i))).await);
+    }
+    let lease = Duration::from_secs(30);
+    let first = s.claim("w", 10, lease, at(10)).await.unwrap();
+    assert_eq!(first.len(), 2, "the tenant's limit");
+    let (x, y) = (&first[0], &first[1]);
+
+    // One end recorded, one with a stale fence: the claim sees the one slot
+    // the recorded end freed (the stale one still runs), in queue order.
+    let (lost, claimed) = s
+        .complete_and_claim(
+            vec![
+                Finished {
+                    id: x.task.id,
+                    fence: x.fence,
+                    completion: done(TaskState::Done, at(11)),
+                },
+                Finished {
+                    id: y.task.id,
+                    fence: y.fence + 1_000,
+                    completion: done(TaskState::Done, at(11)),
+                },
+            ],
+            "w2",
+            10,
+            lease,
+            at(11),
+        )
+        .await
+        .unwrap();
+    assert_eq!(lost, vec![y.task.id]);
+    assert_eq!(get(&s, a, x.task.id).await.state, TaskState::Done);
+    assert_eq!(get(&s, a, y.task.id).await.state, TaskState::InProgress);
+    let claimed_ids: Vec<_> = claimed.iter().map(|c| c.task.id).collect();
+    assert_eq!(
+        claimed_ids,
+        vec![ids[2]],
+        "one freed slot, the next in line"
+    );
+    let c = &claimed[0];
+    assert_eq!(c.task.state, TaskState::InProgress);
+    assert_eq!(c.task.attempts, 1);
+    assert!(c.fence > y.fence, "a fresh fence");
+    assert_eq!(
+        msgs(&get(&s, a, c.task.id).await)
+            .last()
+            .map(String::as_str),
+        Some("READY -> INPROGRESS")
+    );
+
+    // Limit 0: the ends alone.
+    let (lost, claimed) = s
+        .complete_and_claim(
+            vec![Finished {
+                id: y.task.id,
+                fence: y.fence,
+                completion: done(TaskState::Error, at(12)),
+            }],
+            "w",
+            0,
+            lease,
+            at(12),
+        )
+        .await
+        .unwrap();
+    assert!(lost.is_empty() && claimed.is_empty());
+    assert_eq!(get(&s, a, y.task.id).await.state, TaskState::Error);
+
+    // No ends, a claim alone; then nothing left to end or claim.
+    let (lost, claimed) = s
+        .complete_and_claim(vec![], "w", 10, lease, at(13))
+        .await
+        .unwrap();
+    assert!(lost.is_empty());
+    assert_eq!(claimed.len(), 1, "one slot free again");
+    let (c1, c2) = (&claimed[0], claim_all(&s, at(13)).await);
+    assert!(c2.is_empty(), "the tenant is full");
+    let (_, claimed) = s
+        .complete_and_claim(
+            vec![Finished {
+                id: c1.task.id,
+                fence: c1.fence,
+                completion: done(TaskState::Done, at(14)),
+            }],
+            "w",
+            10,
+            lease,
+            at(14),
+        )
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1, "the last task");
+    assert_eq!(claimed[0].task.id, ids[4]);
+}

@@ -17,7 +17,7 @@ macro_rules! conformance_tests {
             import_upserts_and_duplicates,
             rejects_summary_and_paging, dry_run_and_counts, export_every_type_in_key_order,
             segment_filters, profile_segments_and_erasure, saved_segments,
-            complete_many_and_running_counts, insert_tasks_in_bulk);
+            complete_many_and_running_counts, insert_tasks_in_bulk, complete_and_claim_in_one_trip);
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
         $(
