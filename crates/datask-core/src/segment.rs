@@ -516,6 +516,18 @@ pub trait Dialect {
     /// The custom attribute named by the text parameter `name` in the row's
     /// `attributes`, as `ty`; NULL when absent or of another JSON type.
     fn attribute(&self, name: &str, ty: ColumnType) -> String;
+    /// Whether `column` starts with `needle` (case-sensitive).
+    fn starts_with(&self, column: &str, needle: &str) -> String {
+        format!("{} = 1", self.position(column, needle))
+    }
+    /// A text attribute equal to the text parameter `value`, where the
+    /// dialect has a cheaper form than `attribute(…) = value`. It may be
+    /// FALSE where that is NULL (an attribute of another JSON type): every
+    /// `NOT` is taken of `COALESCE(…, FALSE)`, so the two select the same
+    /// rows.
+    fn text_attribute_equals(&self, _name: &str, _value: &str) -> Option<String> {
+        None
+    }
 }
 
 impl Filter {
@@ -566,6 +578,21 @@ impl Filter {
             // The complement of the inner condition: rows it does not match,
             // NULLs included (comparisons themselves never match NULL).
             Filter::Not(inner) => format!("(NOT COALESCE({}, FALSE))", inner.sql(d, first, params)),
+            Filter::Compare {
+                column:
+                    Field::Attribute {
+                        name,
+                        ty: ColumnType::Text,
+                    },
+                op: "=",
+                value: value @ Bound::Text(_),
+            } if d.text_attribute_equals("", "").is_some() => {
+                params.push(Bound::Text(name.clone()));
+                let name = d.placeholder(first + params.len() - 1);
+                let value = bind(value, params);
+                d.text_attribute_equals(&name, &value)
+                    .expect("the dialect has the form")
+            }
             Filter::Compare { column, op, value } => {
                 let column = field(column, params);
                 format!("{column} {op} {}", bind(value, params))
@@ -600,7 +627,7 @@ impl Filter {
             Filter::StartsWith { column, value } => {
                 let column = &field(column, params);
                 let ph = bind(&Bound::Text(value.clone()), params);
-                format!("{} = 1", d.position(column, &ph))
+                d.starts_with(column, &ph)
             }
             Filter::Null { column, negated } => {
                 let column = field(column, params);

@@ -481,7 +481,10 @@ async fn a_backlog_stays_within_the_slots_and_shutdown_strands_nothing(b: Backen
     let (stop, engine) = h.start(reg, 8, Duration::from_secs(30));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while runs.load(Ordering::SeqCst) < 60 {
-        assert!(tokio::time::Instant::now() < deadline, "the backlog did not move");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the backlog did not move"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     stop.cancel();

@@ -751,11 +751,28 @@ impl Dialect for PgDialect {
     fn placeholder(&self, n: usize) -> String {
         format!("${n}")
     }
+    // Bound as a TIMESTAMPTZ (`bind_bounds`): an expression of an integer
+    // parameter here would be computed again for every row compared.
     fn time(&self, placeholder: &str) -> String {
-        format!("('epoch'::timestamptz + {placeholder}::int8 * interval '1 microsecond')")
+        format!("{placeholder}::timestamptz")
     }
     fn position(&self, column: &str, needle: &str) -> String {
         format!("strpos({column}, {needle})")
+    }
+    // `strpos` looks through the whole text when the prefix is not there.
+    fn starts_with(&self, column: &str, needle: &str) -> String {
+        format!("starts_with({column}, {needle})")
+    }
+    // The value first, the type check only where it matched (by hand over
+    // 1M profiles: 310 ms against 407 ms for `attribute(…) = value`, which
+    // looks the attribute up twice in every row). Comparing `jsonb` to
+    // `to_jsonb(value)` was slower still (580 ms): `to_jsonb` is only
+    // stable, so it ran for every row.
+    fn text_attribute_equals(&self, name: &str, value: &str) -> Option<String> {
+        Some(format!(
+            "((attributes ->> {name}::text) = {value} \
+             AND jsonb_typeof(attributes -> {name}::text) = 'string')"
+        ))
     }
     fn attribute(&self, name: &str, ty: ColumnType) -> String {
         let (json_type, cast) = match ty {
@@ -787,7 +804,8 @@ pub(crate) fn bind_bounds<'q>(
     for b in bounds {
         q = match b {
             Bound::Text(s) => q.bind(s),
-            Bound::Int(i) | Bound::Time(i) => q.bind(i),
+            Bound::Int(i) => q.bind(i),
+            Bound::Time(us) => q.bind(PgTime(us)),
             Bound::Float(f) => q.bind(f),
             Bound::Bool(v) => q.bind(v),
         };

@@ -1442,6 +1442,15 @@ pub async fn profile_segments_and_erasure(s: S) {
             json!({"field": "tier", "op": "eq", "value": "gold"}),
             vec!["u1"],
         ),
+        // u3's tier is a number and u4 has none: both are "not gold".
+        (
+            json!({"not": {"field": "tier", "op": "eq", "value": "gold"}}),
+            vec!["u2", "u3", "u4"],
+        ),
+        (
+            json!({"any": [{"field": "tier", "op": "eq", "value": "7"}, {"not": {"field": "tier", "op": "starts_with", "value": "g"}}]}),
+            vec!["u2", "u3", "u4"],
+        ),
         (
             json!({"field": "tier", "op": "in", "value": ["gold", "silver", "7"]}),
             vec!["u1", "u2"],
