@@ -738,6 +738,26 @@ pub(crate) async fn update(
     let expected_version = input.version;
     let r = resolve(&state, caller.tenant_id, input, Some(&task.identifier)).await?;
     let now = Timestamp::now();
+    // Nothing to change (a task read and sent back as it was): no write, so
+    // `version` and `modified_at` stay what they are. Without `once`, the
+    // resolved run_at is "now", which says nothing new. The stores keep
+    // run_at to the microsecond.
+    let unchanged = r.desc == task.desc
+        && r.target == task.target
+        && r.trigger == task.trigger
+        && (task.trigger.once.is_none()
+            || r.run_at.as_microsecond() == task.run_at.as_microsecond());
+    if unchanged {
+        if let Some(v) = expected_version
+            && v != task.version
+        {
+            return Err(datask_core::StoreError::VersionConflict {
+                current: task.version,
+            }
+            .into());
+        }
+        return Ok(Json(task_json(&task, now)));
+    }
     let update = TaskUpdate {
         desc: r.desc,
         trigger: r.trigger,

@@ -142,8 +142,10 @@ fn bar(len: Option<u64>, template: &str) -> ProgressBar {
 }
 
 pub async fn run(args: ClientArgs) -> anyhow::Result<i32> {
+    // An empty value (`DATASK_TOKEN=` in a script) is no token at all.
     let token = args
         .token
+        .filter(|t| !t.trim().is_empty())
         .context("set DATASK_TOKEN (or --token) to a key of your tenant")?;
     let c = Client {
         url: args.url,

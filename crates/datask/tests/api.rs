@@ -700,6 +700,29 @@ async fn update_with_stale_version_conflicts(b: Backend) {
         (body["desc"].as_str(), &body["trigger"]),
         (Some("as read"), &daily["trigger"])
     );
+    // A PUT that changes nothing (the task sent back as it is, or `{}`)
+    // writes nothing: the version stays; a stale version is still refused.
+    let version = body["version"].as_i64().unwrap();
+    for same in [body.clone(), json!({})] {
+        let (status, again) = s
+            .call("PUT", &format!("/tasks/{id}"), &t.key, Some(same))
+            .await;
+        assert_eq!(
+            (status, again["version"].as_i64()),
+            (200, Some(version)),
+            "{again}"
+        );
+        assert_eq!(again["desc"], "as read");
+    }
+    let (status, stale) = s
+        .call(
+            "PUT",
+            &format!("/tasks/{id}"),
+            &t.key,
+            Some(json!({ "version": version - 1 })),
+        )
+        .await;
+    assert_eq!(status, 409, "{stale}");
     let (status, body) = s
         .call(
             "POST",

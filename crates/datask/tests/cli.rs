@@ -164,5 +164,12 @@ async fn the_client_end_to_end() {
     let (code, _, err) = run(args(&["create"])).await.unwrap();
     assert_ne!(code, 0);
     assert!(err.contains("--export"), "{err}");
+    // An empty token is no token: say how to give one, not the server's 401.
+    let url = s.url.clone();
+    let (code, _, err) = tokio::task::spawn_blocking(move || cli(&url, "", &["list"]))
+        .await
+        .unwrap();
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("DATASK_TOKEN"), "{err}");
     s.stop().await;
 }
