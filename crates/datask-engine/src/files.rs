@@ -59,6 +59,9 @@ pub struct FileStore {
     signer: Option<Arc<dyn Signer>>,
     /// Bytes a writer gathers before it hands them on as one part.
     part_size: usize,
+    /// The directory of a local store: where a killed writer's staging
+    /// files stay behind until `sweep_staging`.
+    local_dir: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for FileStore {
@@ -88,7 +91,23 @@ impl FileStore {
             // small (peak of a 3M-row upload and import: 110 → 96 MB against
             // 8 MiB parts).
             part_size: LOCAL_PART_SIZE,
+            local_dir: Some(dir.to_path_buf()),
         })
+    }
+
+    /// Deletes the staging files (`name#n`, object_store's) of local writes
+    /// that stopped changing more than `idle` ago: what a killed process
+    /// was writing. They were never published and nothing names them; a
+    /// live writer touches its file with every part. Answers how many went.
+    /// An S3 bucket's unfinished multipart uploads are the bucket's
+    /// lifecycle rule's to abort (README).
+    pub async fn sweep_staging(&self, idle: Duration) -> Result<usize, FileError> {
+        let Some(dir) = self.local_dir.clone() else {
+            return Ok(0);
+        };
+        tokio::task::spawn_blocking(move || sweep_dir(&dir, idle))
+            .await
+            .map_err(|e| FileError::Io(std::io::Error::other(e)))?
     }
 
     /// An S3-compatible bucket, `s3://bucket[/prefix]`, every key under the
@@ -117,6 +136,7 @@ impl FileStore {
             inner: store.clone(),
             signer: Some(store),
             part_size: S3_PART_SIZE,
+            local_dir: None,
         })
     }
 
@@ -355,9 +375,89 @@ fn finished() -> std::io::Error {
     std::io::Error::other("the file was already published or aborted")
 }
 
+/// `sweep_staging` over one directory tree (it does not follow links).
+fn sweep_dir(dir: &FsPath, idle: Duration) -> Result<usize, FileError> {
+    let mut deleted = 0;
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        let entries = match std::fs::read_dir(&d) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e.into()),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                pending.push(entry.path());
+                continue;
+            }
+            let name = entry.file_name();
+            let is_staging = name
+                .to_str()
+                .and_then(|n| n.rsplit_once('#'))
+                .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+            if !kind.is_file() || !is_staging {
+                continue;
+            }
+            let idle_for = entry.metadata()?.modified()?.elapsed().unwrap_or_default();
+            if idle_for >= idle {
+                match std::fs::remove_file(entry.path()) {
+                    Ok(()) => deleted += 1,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+    }
+    Ok(deleted)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A killed writer's staging file goes once it has been idle long
+    /// enough; a fresh one (a live writer's) and published files stay.
+    #[tokio::test]
+    async fn stale_staging_files_are_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = FileStore::local(dir.path()).unwrap();
+        let run = dir.path().join("results/1/7/3");
+        std::fs::create_dir_all(&run).unwrap();
+        let stale = run.join("export.csv#2");
+        let fresh = run.join("other.csv#1");
+        let published = run.join("export.csv");
+        let odd = run.join("notes#draft");
+        for p in [&stale, &fresh, &published, &odd] {
+            std::fs::write(p, b"x").unwrap();
+        }
+        let two_hours_ago = std::time::SystemTime::now() - Duration::from_secs(7200);
+        for p in [&stale, &published, &odd] {
+            std::fs::File::options()
+                .write(true)
+                .open(p)
+                .unwrap()
+                .set_modified(two_hours_ago)
+                .unwrap();
+        }
+        assert_eq!(
+            files
+                .sweep_staging(Duration::from_secs(3600))
+                .await
+                .unwrap(),
+            1
+        );
+        assert!(!stale.exists());
+        assert!(fresh.exists() && published.exists() && odd.exists());
+        assert_eq!(
+            files
+                .sweep_staging(Duration::from_secs(3600))
+                .await
+                .unwrap(),
+            0
+        );
+    }
 
     /// Several parts' worth, written in pieces that straddle part bounds:
     /// nothing is visible until `shutdown`, then all of it, in order; an

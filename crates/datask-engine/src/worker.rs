@@ -59,8 +59,14 @@ impl Default for EngineConfig {
     }
 }
 
-/// How often the leader looks for expired uploads.
+/// How often the leader looks for expired uploads (and abandoned staging
+/// files).
 const UPLOAD_SWEEP_EVERY: Duration = Duration::from_secs(600);
+
+/// A local staging file untouched this long belongs to a writer that is
+/// gone (killed mid-write): a live one writes a part at least every few
+/// seconds, and a request body that stalls is cut after a minute.
+const STAGING_IDLE: Duration = Duration::from_secs(6 * 3600);
 
 /// What one `tick` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -328,6 +334,11 @@ impl Engine {
                     if last_sweep.is_none_or(|t| t.elapsed() >= UPLOAD_SWEEP_EVERY) {
                         last_sweep = Some(tokio::time::Instant::now());
                         self.sweep_uploads(now).await;
+                        match self.files.sweep_staging(STAGING_IDLE).await {
+                            Ok(0) => {}
+                            Ok(n) => tracing::info!(deleted = n, "deleted abandoned staging files"),
+                            Err(e) => tracing::warn!(error = %e, "could not sweep staging files"),
+                        }
                     }
                 }
                 Ok(false) => {}
