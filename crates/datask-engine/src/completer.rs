@@ -115,7 +115,8 @@ async fn write_batches(
                 slots.merge(more);
             }
         }
-        let limit = if claims { slots.num_permits() } else { 0 };
+        let held = slots.num_permits();
+        let limit = if claims { held } else { 0 };
         let ids: Vec<_> = batch.iter().map(|f| f.id).collect();
         match store
             .complete_and_claim(
@@ -128,7 +129,8 @@ async fn write_batches(
             .await
         {
             Ok((lost, claimed)) => {
-                let short = claimed.len() < limit;
+                let claimed_n = claimed.len();
+                let short = claimed_n < limit;
                 if claims {
                     claiming.backlog.store(!short, Ordering::SeqCst);
                 }
@@ -154,7 +156,10 @@ async fn write_batches(
                     };
                     let _ = reply.send(outcome);
                 }
-                if short {
+                // Slots going back unclaimed (nothing more was due, or no
+                // backlog to claim for): the worker loop may be waiting
+                // with every slot taken, for a task that came in meanwhile.
+                if claimed_n < held {
                     claiming.returned.notify_one();
                 }
             }

@@ -54,6 +54,7 @@ on_both_stores!(
     shutdown_releases_running_tasks,
     tenant_concurrency_is_a_ceiling,
     a_backlog_stays_within_the_slots_and_shutdown_strands_nothing,
+    a_task_that_comes_in_while_every_slot_is_busy_starts_when_one_frees,
     expired_uploads_are_deleted
 );
 
@@ -119,10 +120,20 @@ impl Harness {
         slots: usize,
         lease: Duration,
     ) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+        self.start_polling(registry, slots, lease, Duration::from_millis(100))
+    }
+
+    fn start_polling(
+        &self,
+        registry: Registry,
+        slots: usize,
+        lease: Duration,
+        poll: Duration,
+    ) -> (CancellationToken, tokio::task::JoinHandle<()>) {
         let config = EngineConfig {
             slots,
             lease,
-            poll: Duration::from_millis(100),
+            poll,
             grace: Duration::from_millis(300),
             backoff: Duration::from_millis(50),
             ..EngineConfig::default()
@@ -518,4 +529,32 @@ async fn a_backlog_stays_within_the_slots_and_shutdown_strands_nothing(b: Backen
     for m in [&max_in_flight, &max2] {
         assert!(m.load(Ordering::SeqCst) <= 8, "more than 8 at once: {m:?}");
     }
+}
+
+/// With every slot busy, a task that comes in starts when a slot frees, not
+/// at the next poll (whichever of the worker loop and the completion
+/// writer claims it).
+async fn a_task_that_comes_in_while_every_slot_is_busy_starts_when_one_frees(b: Backend) {
+    let h = harness(b, 10).await;
+    let first = h.task("slowish", 3).await;
+    let handler = Overlapping::new(300);
+    let mut reg = Registry::new();
+    reg.register(handler);
+    // A poll far longer than the test allows: only wake-ups can start the
+    // second task in time.
+    let (stop, engine) = h.start_polling(reg, 1, Duration::from_secs(30), Duration::from_secs(30));
+    h.wait_state(first, &[TaskState::InProgress], 10).await;
+    let second = h.task("slowish", 3).await;
+    let t = h.wait_state(first, &[TaskState::Done], 10).await;
+    let t2 = h.wait_state(second, &[TaskState::Done], 5).await;
+    let gap = t2
+        .started_at
+        .unwrap()
+        .duration_since(t.finished_at.unwrap());
+    assert!(
+        gap < jiff::SignedDuration::from_secs(2),
+        "the second task started {gap:?} after the first ended"
+    );
+    stop.cancel();
+    engine.await.unwrap();
 }
