@@ -39,6 +39,12 @@ enum TaskCommand {
         identifier: Option<String>,
         #[arg(long, default_value_t = 20)]
         limit: u32,
+        /// The next page: the cursor the previous one ended with.
+        #[arg(long)]
+        cursor: Option<String>,
+        /// The page as the API answers it (JSON), for scripts.
+        #[arg(long)]
+        json: bool,
     },
     /// Show one task as JSON.
     Get { id: i64 },
@@ -205,6 +211,8 @@ pub async fn run(args: ClientArgs) -> anyhow::Result<i32> {
             state,
             identifier,
             limit,
+            cursor,
+            json,
         } => {
             let mut req = c
                 .at(Method::GET, "/tasks")
@@ -215,20 +223,31 @@ pub async fn run(args: ClientArgs) -> anyhow::Result<i32> {
             if let Some(i) = identifier {
                 req = req.query(&[("identifier", i)]);
             }
+            if let Some(cur) = cursor {
+                req = req.query(&[("cursor", cur)]);
+            }
             let page = c.send(req).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&page)?);
+                return Ok(0);
+            }
             println!(
                 "{:>8}  {:<10}  {:<28}  {:<25}  desc",
                 "id", "state", "identifier", "created"
             );
             for t in page["tasks"].as_array().into_iter().flatten() {
+                // (A JSON value ignores the width: the id as a number.)
+                let id = t["id"].as_i64().map(|i| i.to_string()).unwrap_or_default();
                 println!(
-                    "{:>8}  {:<10}  {:<28}  {:<25}  {}",
-                    t["id"],
+                    "{id:>8}  {:<10}  {:<28}  {:<25}  {}",
                     t["state"]["code"].as_str().unwrap_or(""),
                     t["identifier"].as_str().unwrap_or(""),
                     t["state"]["created_date"].as_str().unwrap_or(""),
                     t["desc"].as_str().unwrap_or("")
                 );
+            }
+            if let Some(next) = page["next_cursor"].as_str() {
+                eprintln!("more: --cursor {next}");
             }
         }
         TaskCommand::Get { id } => {

@@ -154,6 +154,36 @@ async fn the_client_end_to_end() {
     let (code, out, _) = run(args(&["list", "--limit", "50"])).await.unwrap();
     assert_eq!(code, 0);
     assert!(out.contains(&export.to_string()), "{out}");
+    // Ids right-aligned under their header; pages by cursor; JSON for scripts.
+    let header = out.lines().next().unwrap();
+    let id_end = header.find("id").unwrap() + 2;
+    for line in out.lines().skip(1) {
+        assert!(
+            line[..id_end].trim().parse::<i64>().is_ok(),
+            "id not under its header: {line:?}\n{out}"
+        );
+    }
+    let (code, out, err) = run(args(&["list", "--limit", "1", "--json"]))
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "{err}");
+    let page: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(page["tasks"].as_array().unwrap().len(), 1);
+    let cursor = page["next_cursor"]
+        .as_str()
+        .expect("more pages")
+        .to_string();
+    let first = page["tasks"][0]["id"].as_i64().unwrap();
+    let (code, out, err) = run(args(&[
+        "list", "--limit", "1", "--json", "--cursor", &cursor,
+    ]))
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{err}");
+    let next: Value = serde_json::from_str(&out).unwrap();
+    assert!(next["tasks"][0]["id"].as_i64().unwrap() < first, "{next}");
+    let (_, _, err) = run(args(&["list", "--limit", "1"])).await.unwrap();
+    assert!(err.contains("--cursor"), "{err}");
     // Mistakes: a clear message and a failing exit code.
     let (code, _, err) = run(args(&["get", "999999"])).await.unwrap();
     assert_eq!(code, 1, "{err}");
