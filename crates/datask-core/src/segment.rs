@@ -578,22 +578,26 @@ impl Filter {
             // The complement of the inner condition: rows it does not match,
             // NULLs included (comparisons themselves never match NULL).
             Filter::Not(inner) => format!("(NOT COALESCE({}, FALSE))", inner.sql(d, first, params)),
-            Filter::Compare {
-                column:
+            Filter::Compare { column, op, value } => {
+                // The name and the value take the next two placeholders,
+                // pushed only if the dialect has the cheaper form.
+                if let (
                     Field::Attribute {
                         name,
                         ty: ColumnType::Text,
                     },
-                op: "=",
-                value: value @ Bound::Text(_),
-            } if d.text_attribute_equals("", "").is_some() => {
-                params.push(Bound::Text(name.clone()));
-                let name = d.placeholder(first + params.len() - 1);
-                let value = bind(value, params);
-                d.text_attribute_equals(&name, &value)
-                    .expect("the dialect has the form")
-            }
-            Filter::Compare { column, op, value } => {
+                    "=",
+                    Bound::Text(_),
+                ) = (column, *op, value)
+                {
+                    let next = first + params.len();
+                    let (name_ph, value_ph) = (d.placeholder(next), d.placeholder(next + 1));
+                    if let Some(sql) = d.text_attribute_equals(&name_ph, &value_ph) {
+                        params.push(Bound::Text(name.clone()));
+                        params.push(value.clone());
+                        return sql;
+                    }
+                }
                 let column = field(column, params);
                 format!("{column} {op} {}", bind(value, params))
             }

@@ -414,8 +414,9 @@ pub trait Store: Send + Sync + 'static {
     /// `complete_many`, then `claim` of up to `limit` tasks, which sees the
     /// slots those ends freed: the engine's completion writer takes the next
     /// tasks on the same trip, in one round trip where the store can.
-    /// Answers the lost ids (as `complete_many`) and the claimed tasks. An
-    /// error means nothing was recorded.
+    /// Answers the lost ids (as `complete_many`) and the claimed tasks. One
+    /// transaction: an error means nothing was recorded. `limit` 0 is
+    /// `complete_many`.
     async fn complete_and_claim(
         &self,
         done: Vec<Finished>,
@@ -423,19 +424,7 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
         lease: Duration,
         now: Timestamp,
-    ) -> StoreResult<(Vec<TaskId>, Vec<ClaimedTask>)> {
-        let lost = self.complete_many(done).await?;
-        if limit == 0 {
-            return Ok((lost, vec![]));
-        }
-        // The ends are recorded: a failed claim must not make them look
-        // unrecorded. The engine claims again on its next turn.
-        let claimed = self
-            .claim(worker, limit, lease, now)
-            .await
-            .unwrap_or_default();
-        Ok((lost, claimed))
-    }
+    ) -> StoreResult<(Vec<TaskId>, Vec<ClaimedTask>)>;
     /// Back to READY for another attempt at `run_at`.
     async fn retry_later(
         &self,

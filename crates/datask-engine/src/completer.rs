@@ -130,9 +130,9 @@ async fn write_batches(
         {
             Ok((lost, claimed)) => {
                 let claimed_n = claimed.len();
-                let short = claimed_n < limit;
                 if claims {
-                    claiming.backlog.store(!short, Ordering::SeqCst);
+                    // (limit == held when claiming)
+                    claiming.backlog.store(claimed_n == held, Ordering::SeqCst);
                 }
                 // Handed over before the ends are answered: at shutdown the
                 // worker loop drains until every run it started has its

@@ -215,6 +215,23 @@ fn claim_window(limit: usize) -> i64 {
     (limit as i64).saturating_mul(4).saturating_add(64)
 }
 
+/// Binds a claim's arguments (the parameters after the ends, if any, in
+/// the order `datask_claim` takes them).
+fn bind_claim<'q>(
+    q: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
+    worker: &'q str,
+    limit: usize,
+    lease: Duration,
+    now: Timestamp,
+) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
+    q.bind(pg(now))
+        .bind(limit as i64)
+        .bind(worker)
+        .bind(lease_until(now, lease))
+        .bind(claim_log(now))
+        .bind(claim_window(limit))
+}
+
 fn claimed_from_row(r: &PgRow) -> Result<ClaimedTask, sqlx::Error> {
     Ok(ClaimedTask {
         task: task_from_row(r)?,
@@ -904,13 +921,8 @@ impl Store for PgStore {
         }
         // The claim itself, its lock and why it is written as it is:
         // migrations/0007_claim_function.sql.
-        let rows = sqlx::query("SELECT * FROM datask_claim($1, $2, $3, $4, $5, $6)")
-            .bind(pg(now))
-            .bind(limit as i64)
-            .bind(worker)
-            .bind(lease_until(now, lease))
-            .bind(claim_log(now))
-            .bind(claim_window(limit))
+        let q = sqlx::query("SELECT * FROM datask_claim($1, $2, $3, $4, $5, $6)");
+        let rows = bind_claim(q, worker, limit, lease, now)
             .fetch_all(&self.pool)
             .await
             .map_err(backend)?;
@@ -1006,21 +1018,16 @@ impl Store for PgStore {
         lease: Duration,
         now: Timestamp,
     ) -> StoreResult<(Vec<TaskId>, Vec<ClaimedTask>)> {
+        // Without a claim, no claim lock (the combined function takes it).
         if limit == 0 {
             return Ok((self.complete_many(done).await?, vec![]));
         }
         let ends = Ends::new(done);
-        let rows = ends
-            .bind(sqlx::query(
-                "SELECT * FROM datask_complete_and_claim($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,
-                                                         $11, $12, $13, $14, $15, $16)",
-            ))
-            .bind(pg(now))
-            .bind(limit as i64)
-            .bind(worker)
-            .bind(lease_until(now, lease))
-            .bind(claim_log(now))
-            .bind(claim_window(limit))
+        let q = ends.bind(sqlx::query(
+            "SELECT * FROM datask_complete_and_claim($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,
+                                                     $11, $12, $13, $14, $15, $16)",
+        ));
+        let rows = bind_claim(q, worker, limit, lease, now)
             .fetch_all(&self.pool)
             .await
             .map_err(backend)?;

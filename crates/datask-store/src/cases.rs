@@ -77,6 +77,15 @@ fn done(state: TaskState, now: Timestamp) -> Completion {
     }
 }
 
+/// A run's end without errors or output.
+fn ended(id: i64, fence: i64, state: TaskState, now: Timestamp) -> Finished {
+    Finished {
+        id,
+        fence,
+        completion: done(state, now),
+    }
+}
+
 fn lease_lost<T: std::fmt::Debug>(r: StoreResult<T>) -> bool {
     matches!(r, Err(StoreError::LeaseLost(_)))
 }
@@ -1851,16 +1860,8 @@ pub async fn complete_and_claim_in_one_trip(s: S) {
     let (lost, claimed) = s
         .complete_and_claim(
             vec![
-                Finished {
-                    id: x.task.id,
-                    fence: x.fence,
-                    completion: done(TaskState::Done, at(11)),
-                },
-                Finished {
-                    id: y.task.id,
-                    fence: y.fence + 1_000,
-                    completion: done(TaskState::Done, at(11)),
-                },
+                ended(x.task.id, x.fence, TaskState::Done, at(11)),
+                ended(y.task.id, y.fence + 1_000, TaskState::Done, at(11)),
             ],
             "w2",
             10,
@@ -1892,11 +1893,7 @@ pub async fn complete_and_claim_in_one_trip(s: S) {
     // Limit 0: the ends alone.
     let (lost, claimed) = s
         .complete_and_claim(
-            vec![Finished {
-                id: y.task.id,
-                fence: y.fence,
-                completion: done(TaskState::Error, at(12)),
-            }],
+            vec![ended(y.task.id, y.fence, TaskState::Error, at(12))],
             "w",
             0,
             lease,
@@ -1918,11 +1915,7 @@ pub async fn complete_and_claim_in_one_trip(s: S) {
     assert!(c2.is_empty(), "the tenant is full");
     let (_, claimed) = s
         .complete_and_claim(
-            vec![Finished {
-                id: c1.task.id,
-                fence: c1.fence,
-                completion: done(TaskState::Done, at(14)),
-            }],
+            vec![ended(c1.task.id, c1.fence, TaskState::Done, at(14))],
             "w",
             10,
             lease,
