@@ -396,18 +396,28 @@ async fn resolve(
         return Err(ApiError::invalid("desc", "must be at most 1000 characters"));
     }
     let trigger_in = input.trigger.unwrap_or_default();
-    let tenant = state
-        .store
-        .tenant(tenant_id)
-        .await?
-        .ok_or(ApiError::Unauthorized)?;
-    let zone_name = trigger_in.timezone.clone().unwrap_or(tenant.timezone);
-    let zone =
-        time_zone(&zone_name).map_err(|e| ApiError::invalid("trigger.timezone", e.to_string()))?;
-    let once = trigger_in
-        .once
-        .as_deref()
-        .filter(|s| !s.is_empty())
+    let once_raw = trigger_in.once.as_deref().filter(|s| !s.is_empty());
+    // A wall-clock `once` (no offset) is read in the trigger's zone, else in
+    // the tenant's; an instant needs neither, so the tenant is read only
+    // for a wall-clock time (on PostgreSQL it is a round trip).
+    let zone_name = match (&trigger_in.timezone, once_raw) {
+        (Some(name), _) => Some(name.clone()),
+        (None, Some(raw)) if raw.parse::<Timestamp>().is_err() => Some(
+            state
+                .store
+                .tenant(tenant_id)
+                .await?
+                .ok_or(ApiError::Unauthorized)?
+                .timezone,
+        ),
+        (None, _) => None,
+    };
+    let zone = zone_name
+        .map(|name| time_zone(&name))
+        .transpose()
+        .map_err(|e| ApiError::invalid("trigger.timezone", e.to_string()))?
+        .unwrap_or(jiff::tz::TimeZone::UTC);
+    let once = once_raw
         .map(|s| parse_instant("trigger.once", s, &zone))
         .transpose()?;
     let repeat = match trigger_in.repeat.as_deref() {

@@ -49,8 +49,22 @@ impl PgStore {
         let options = PgConnectOptions::from_str(url)
             .map_err(backend)?
             .disable_statement_logging();
+        // sqlx pings a connection on its way back into the pool and, by
+        // default, again on its way out: a second round trip for every
+        // statement (under load, most of a `GET /tasks/{id}`). A connection
+        // idle for less than a second passed that release ping just now, so
+        // only one idle for longer is checked before it is handed out.
         let pool = PgPoolOptions::new()
             .max_connections(16)
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= Duration::from_secs(1) {
+                        sqlx::Connection::ping(conn).await?;
+                    }
+                    Ok(true)
+                })
+            })
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options)
             .await
