@@ -485,6 +485,14 @@ async fn resolve(
             Some(id.to_string())
         }
     };
+    // The export API's contract: "either trigger.segment, trigger.segment_id,
+    // or neither". Both at once would leave which one applies to a guess.
+    if segment.is_some() && segment_id.is_some() {
+        return Err(ApiError::invalid(
+            "trigger.segment_id",
+            "give trigger.segment or trigger.segment_id, not both",
+        ));
+    }
     let now = Timestamp::now();
     // A repeating task needs an anchor: without `once` it is now.
     let once = if repeat.is_some() {
@@ -737,13 +745,26 @@ pub(crate) async fn update(
     let stored = TriggerInput::from_stored(&task.trigger);
     input.trigger = Some(match input.trigger.take() {
         None => stored,
-        Some(given) => TriggerInput {
-            once: given.once.or(stored.once),
-            repeat: given.repeat.or(stored.repeat),
-            timezone: given.timezone.or(stored.timezone),
-            segment: given.segment.or(stored.segment),
-            segment_id: given.segment_id.or(stored.segment_id),
-        },
+        Some(given) => {
+            // The two segment fields are one choice: setting one replaces
+            // the other, so switching a task from a saved segment to an
+            // inline one needs no explicit null. A null clears only itself.
+            let set = |v: &Option<Value>| v.as_ref().is_some_and(|v| !v.is_null());
+            let (segment, segment_id) = match (set(&given.segment), set(&given.segment_id)) {
+                (false, false) => (
+                    given.segment.or(stored.segment),
+                    given.segment_id.or(stored.segment_id),
+                ),
+                _ => (given.segment, given.segment_id),
+            };
+            TriggerInput {
+                once: given.once.or(stored.once),
+                repeat: given.repeat.or(stored.repeat),
+                timezone: given.timezone.or(stored.timezone),
+                segment,
+                segment_id,
+            }
+        }
     });
     let expected_version = input.version;
     let r = resolve(&state, caller.tenant_id, input, Some(&task.identifier)).await?;

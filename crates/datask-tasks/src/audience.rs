@@ -18,8 +18,9 @@ use crate::target;
 
 /// The filter of a task over `index`: its `trigger.segment` (over the
 /// index, with the tenant's attributes on profiles) and its saved
-/// `trigger.segment_id` (profiles; other indexes follow `user_id`), both
-/// when both are given. Both were checked when the task was accepted;
+/// `trigger.segment_id` (profiles; other indexes follow `user_id`). The API
+/// takes one or neither; a task stored with both (accepted before that
+/// rule) gets both, ANDed. Both were checked when the task was accepted;
 /// `within_days` counts back from the start of this run.
 ///
 /// A saved segment deleted since is the caller's mistake, not ours: the

@@ -456,6 +456,29 @@ async fn segments_lists_and_campaign_audiences(b: Backend) {
         .await;
     assert_eq!(status, 400);
     assert!(body.to_string().contains("trigger.segment_id"), "{body}");
+    // Either an inline segment or a saved one, not both (seed 001).
+    let (status, body) = s
+        .call("POST", "/tasks", &t.key, Some(json!({ "identifier": "segment_count_recipients",
+            "trigger": { "segment_id": big, "segment": { "all": [{ "field": "ltv", "op": "gte", "value": 1 }] } } })))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("not both"), "{body}");
+    // A PUT that sets one replaces the other: a saved segment switched to
+    // an inline one, no explicit null needed.
+    let parked = s
+        .create(&t.key, json!({ "identifier": "segment_count_recipients", "trigger": { "segment_id": big, "once": "2099-01-01T00:00:00Z" } }))
+        .await;
+    let (status, body) = s
+        .call("PUT", &format!("/tasks/{}", parked["id"]), &t.key, Some(json!({ "trigger": { "segment": { "field": "ltv", "op": "gte", "value": 1 } } })))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["trigger"]["segment_id"].is_null(), "{body}");
+    assert_eq!(body["trigger"]["segment"]["field"], "ltv", "{body}");
+    assert_eq!(body["trigger"]["once"], parked["trigger"]["once"], "{body}");
+    let (status, _) = s
+        .call("DELETE", &format!("/tasks/{}", parked["id"]), &t.key, None)
+        .await;
+    assert!(status < 300);
     // A saved segment deleted after the task was accepted: the run ends in
     // ERROR naming it (the caller's mistake), not FATAL.
     let (status, body) = s
