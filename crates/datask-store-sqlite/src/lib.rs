@@ -35,6 +35,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0005_installs",
         include_str!("../migrations/0005_installs.sql"),
     ),
+    (
+        "0006_running_index",
+        include_str!("../migrations/0006_running_index.sql"),
+    ),
 ];
 const READERS: usize = 4;
 

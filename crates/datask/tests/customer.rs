@@ -469,7 +469,12 @@ async fn segments_lists_and_campaign_audiences(b: Backend) {
         .create(&t.key, json!({ "identifier": "segment_count_recipients", "trigger": { "segment_id": big, "once": "2099-01-01T00:00:00Z" } }))
         .await;
     let (status, body) = s
-        .call("PUT", &format!("/tasks/{}", parked["id"]), &t.key, Some(json!({ "trigger": { "segment": { "field": "ltv", "op": "gte", "value": 1 } } })))
+        .call(
+            "PUT",
+            &format!("/tasks/{}", parked["id"]),
+            &t.key,
+            Some(json!({ "trigger": { "segment": { "field": "ltv", "op": "gte", "value": 1 } } })),
+        )
         .await;
     assert_eq!(status, 200, "{body}");
     assert!(body["trigger"]["segment_id"].is_null(), "{body}");
