@@ -6,6 +6,7 @@
 //! connections. Both run on tokio's blocking pool.
 //! In-process wake-ups replace PostgreSQL's LISTEN/NOTIFY.
 
+mod checkpoint;
 mod customer;
 mod data;
 mod tasks;
@@ -50,6 +51,7 @@ pub struct SqliteStore {
 struct Inner {
     path: PathBuf,
     writer: writer::Writer,
+    _checkpointer: checkpoint::Checkpointer,
     readers: Mutex<Vec<Connection>>,
     work: Notify,
 }
@@ -89,18 +91,29 @@ impl SqliteStore {
     /// Opens (creating if needed) the database file.
     pub async fn open(path: impl AsRef<Path>) -> StoreResult<Self> {
         let path = path.as_ref().to_path_buf();
-        let writer = tokio::task::spawn_blocking({
+        let (writer, checkpointer) = tokio::task::spawn_blocking({
             let path = path.clone();
-            move || open_connection(&path, WRITER_CACHE_KIB)
+            move || -> rusqlite::Result<_> {
+                let writer = open_connection(&path, WRITER_CACHE_KIB)?;
+                writer.pragma_update(
+                    None,
+                    "wal_autocheckpoint",
+                    checkpoint::WRITER_BACKSTOP_PAGES,
+                )?;
+                Ok((writer, open_connection(&path, READER_CACHE_KIB)?))
+            }
         })
         .await
         .map_err(StoreError::backend)?
         .map_err(backend)?;
         let writer = writer::Writer::start(writer).map_err(StoreError::backend)?;
+        let checkpointer =
+            checkpoint::Checkpointer::start(checkpointer).map_err(StoreError::backend)?;
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 path,
                 writer,
+                _checkpointer: checkpointer,
                 readers: Mutex::new(Vec::new()),
                 work: Notify::new(),
             }),
