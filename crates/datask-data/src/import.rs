@@ -62,6 +62,10 @@ pub enum FileError {
     FirstLine { line: i64, problem: String },
     #[error("row {row} is longer than {limit} bytes (is a quote left open?)")]
     RecordTooLong { row: i64, limit: u64 },
+    #[error(
+        "row {row}: the quoted value in column '{column}' is never closed, so it would take in the rest of the file; close it with a \" or double a quote inside it (\"\")"
+    )]
+    QuoteLeftOpen { row: i64, column: String },
     #[error("the file could not be read near row {row}: {source}")]
     Io { row: i64, source: std::io::Error },
     #[error("the file is not valid CSV near row {row}: {problem}")]
@@ -117,6 +121,80 @@ struct Input<R> {
     since_mark: u64,
     limit: u64,
     tripped: bool,
+    /// CSV only: where the quoting stands, for the end of the file.
+    quotes: Option<QuoteScan>,
+    /// The underlying reader has answered end of file.
+    ended: bool,
+}
+
+/// Follows CSV quoting over the bytes as csv-core reads them (`,` between
+/// fields, `"` opening a field, `""` inside one, CR / LF / CRLF ending a
+/// record) for the one thing csv-core does not tell: whether the file ended
+/// inside a quoted field. csv-core then closes the field silently, and a
+/// stray quote would take the rest of the file into one value. Only quotes
+/// are looked at (`memchr`), so a file without them costs one search per
+/// read.
+#[derive(Default)]
+struct QuoteScan {
+    state: Quoting,
+    /// The last byte seen, for a quote at the start of the next read.
+    last: Option<u8>,
+}
+
+#[derive(Default, PartialEq)]
+enum Quoting {
+    /// Not inside a quoted field.
+    #[default]
+    Outside,
+    Quoted,
+    /// Inside a quoted field, right after a quote: closed, unless another
+    /// quote follows (an escaped one).
+    QuoteInQuoted,
+}
+
+impl QuoteScan {
+    fn feed(&mut self, bytes: &[u8]) {
+        let mut i = 0;
+        while i < bytes.len() {
+            match self.state {
+                Quoting::Outside => {
+                    let Some(j) = memchr::memchr(b'"', &bytes[i..]) else {
+                        break;
+                    };
+                    let at = i + j;
+                    let before = if at == 0 {
+                        self.last
+                    } else {
+                        Some(bytes[at - 1])
+                    };
+                    // A quote opens a field only at its start; elsewhere
+                    // csv-core keeps it as a plain character.
+                    if matches!(before, None | Some(b',' | b'\n' | b'\r')) {
+                        self.state = Quoting::Quoted;
+                    }
+                    i = at + 1;
+                }
+                Quoting::Quoted => {
+                    let Some(j) = memchr::memchr(b'"', &bytes[i..]) else {
+                        break;
+                    };
+                    i += j + 1;
+                    self.state = Quoting::QuoteInQuoted;
+                }
+                Quoting::QuoteInQuoted => {
+                    self.state = if bytes[i] == b'"' {
+                        Quoting::Quoted
+                    } else {
+                        Quoting::Outside
+                    };
+                    i += 1;
+                }
+            }
+        }
+        if let Some(&b) = bytes.last() {
+            self.last = Some(b);
+        }
+    }
 }
 
 impl<R: Read> Input<R> {
@@ -130,7 +208,25 @@ impl<R: Read> Input<R> {
             since_mark: 0,
             limit: MAX_RECORD_BYTES,
             tripped: false,
+            quotes: None,
+            ended: false,
         }
+    }
+
+    fn csv(inner: R) -> Self {
+        Input {
+            quotes: Some(QuoteScan::default()),
+            ..Input::new(inner)
+        }
+    }
+
+    /// The file has ended inside a quoted field.
+    fn quote_left_open(&self) -> bool {
+        self.ended
+            && self
+                .quotes
+                .as_ref()
+                .is_some_and(|q| q.state == Quoting::Quoted)
     }
 
     /// A record ended: the next one starts counting.
@@ -159,6 +255,9 @@ impl<R: Read> Read for Input<R> {
             let n = buf.len().min(self.head_len - self.head_at);
             buf[..n].copy_from_slice(&self.head[self.head_at..self.head_at + n]);
             self.head_at += n;
+            if let Some(q) = &mut self.quotes {
+                q.feed(&buf[..n]);
+            }
             return Ok(n);
         }
         if self.since_mark > self.limit {
@@ -170,6 +269,12 @@ impl<R: Read> Read for Input<R> {
         }
         let n = self.inner.read(buf)?;
         self.since_mark += n as u64;
+        if n == 0 && !buf.is_empty() {
+            self.ended = true;
+        }
+        if let Some(q) = &mut self.quotes {
+            q.feed(&buf[..n]);
+        }
         Ok(n)
     }
 }
@@ -299,13 +404,27 @@ impl<R: Read> ImportReader<R> {
             .has_headers(false)
             .flexible(true)
             .buffer_capacity(READ_BUFFER)
-            .from_reader(Input::new(reader));
+            .from_reader(Input::csv(reader));
         let mut header = csv::ByteRecord::new();
         let got = reader
             .read_byte_record(&mut header)
             .map_err(|e| csv_error(reader.get_ref(), e, 1))?;
         if !got {
             return Err(FileError::Empty.into());
+        }
+        if reader.get_ref().quote_left_open() {
+            // The field holds the rest of the file: name it by its start.
+            let field = header.iter().last().unwrap_or_default();
+            let first_line = field
+                .split(|b| *b == b'\n' || *b == b'\r')
+                .next()
+                .unwrap_or_default();
+            let column: String = String::from_utf8_lossy(first_line)
+                .trim()
+                .chars()
+                .take(64)
+                .collect();
+            return Err(FileError::QuoteLeftOpen { row: 1, column }.into());
         }
         reader.get_mut().mark();
         let mut names = Vec::with_capacity(header.len());
@@ -453,6 +572,19 @@ impl<R: Read> ImportReader<R> {
                 }
                 reader.get_mut().mark();
                 self.row += 1;
+                if reader.get_ref().quote_left_open() {
+                    // The open field is the record's last: it ran to the end.
+                    let at = record.len().max(1) - 1;
+                    let column = self
+                        .names
+                        .get(at)
+                        .cloned()
+                        .unwrap_or_else(|| format!("{}", at + 1));
+                    return Some(Err(FileError::QuoteLeftOpen {
+                        row: self.row,
+                        column,
+                    }));
+                }
                 let (raw, mut outcome) =
                     parse_csv_record(&self.schema, &self.names, &self.slots, record, *width);
                 if let (Ok(values), Some(plan)) = (&mut outcome, &self.profile) {

@@ -703,3 +703,82 @@ fn a_wide_first_json_line_is_refused_like_a_wide_header() {
         ["The header has 50001 columns; at most 2000 are accepted"]
     );
 }
+
+/// Serves its bytes one at a time, so that every quote meets a read's edge.
+struct ByteByByte<'a>(&'a [u8]);
+impl Read for ByteByByte<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match (self.0.split_first(), buf.is_empty()) {
+            (Some((b, rest)), false) => {
+                buf[0] = *b;
+                self.0 = rest;
+                Ok(1)
+            }
+            _ => Ok(0),
+        }
+    }
+}
+
+fn all_rows<R: Read>(r: ImportReader<R>) -> Vec<Result<ParsedRow, FileError>> {
+    r.collect()
+}
+
+/// csv-core closes a quoted field left open at the end of the file
+/// without a word, taking every later line into it: the import must stop
+/// at that row and name the column, not import one row and lose the rest.
+#[test]
+fn a_quote_left_open_at_the_end_is_an_error_naming_row_and_column() {
+    let input = b"product_id,name,category\np1,ok,a\np2,\"open,b\np3,x,c\np4,y,d\n";
+    for got in [
+        all_rows(reader(input, &PRODUCTS)),
+        all_rows(ImportReader::open(ByteByByte(input), InputFormat::Csv, &PRODUCTS).unwrap()),
+    ] {
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert!(
+            got[0]
+                .as_ref()
+                .is_ok_and(|r| r.row == 2 && r.outcome.is_ok())
+        );
+        match &got[1] {
+            Err(e @ FileError::QuoteLeftOpen { row: 3, column }) if column == "name" => {
+                assert!(
+                    e.to_string()
+                        .contains("row 3: the quoted value in column 'name' is never closed"),
+                    "{e}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // In the header too.
+    match ImportReader::open(
+        &b"product_id,\"name\np1,x\n"[..],
+        InputFormat::Csv,
+        &PRODUCTS,
+    ) {
+        Err(OpenError::File(FileError::QuoteLeftOpen { row: 1, column })) => {
+            assert_eq!(column, "name")
+        }
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+}
+
+/// Quoting that closes is left alone, however it meets a read's edge:
+/// doubled quotes, line breaks inside quotes, a quote inside an unquoted
+/// value (a plain character to csv-core), an empty quoted value, a last
+/// line without a line break, CRLF.
+#[test]
+fn quotes_that_close_are_not_errors() {
+    let input = b"product_id,name,category\r\np1,\"a \"\"quoted\"\" word\",x\r\np2,\"two\nlines\",y\np3,plain\"quote,z\n\"p4\",\"\",\"\"\"\"\np5,x,\"end\"";
+    for got in [
+        all_rows(reader(input, &PRODUCTS)),
+        all_rows(ImportReader::open(ByteByByte(input), InputFormat::Csv, &PRODUCTS).unwrap()),
+    ] {
+        let rows: Vec<_> = got.into_iter().map(Result::unwrap).collect();
+        assert_eq!(
+            rows.iter().map(|r| r.row).collect::<Vec<_>>(),
+            vec![2, 3, 4, 5, 6]
+        );
+        assert!(rows.iter().all(|r| r.outcome.is_ok()), "{rows:?}");
+    }
+}
