@@ -10,8 +10,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use datask_core::Task;
 use datask_core::query::{Condition, Field, FieldType, Op, Operand, Param, TaskQuery};
+use datask_core::{Task, TaskState};
 use jiff::Timestamp;
 use serde_json::{Map, Value, json};
 use subtle::ConstantTimeEq;
@@ -258,6 +258,12 @@ fn parse_select(body: &Map<String, Value>) -> Result<Option<Vec<String>>, ApiErr
     let items = select
         .as_array()
         .ok_or_else(|| ApiError::invalid("select", "expected a list of field names"))?;
+    if items.is_empty() {
+        return Err(ApiError::invalid(
+            "select",
+            "names no field; give at least one, or leave select out for the default fields",
+        ));
+    }
     let mut out = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         let name = item
@@ -322,7 +328,8 @@ fn task_view(task: &Task, select: Option<&[String]>, now: Timestamp) -> Value {
             "output" => task.output.clone().unwrap_or(Value::Null),
             "trigger" => json!(task.trigger),
             "target" => Value::Object(task.target.clone()),
-            "progress" => {
+            // As the REST view: only while the task runs.
+            "progress" if task.state == TaskState::InProgress => {
                 json!({ "done": task.progress_done, "total": task.progress_total, "percent": task.percent(), "eta_seconds": task.eta_seconds(now) })
             }
             _ => Value::Null,

@@ -1197,6 +1197,15 @@ async fn query_dialect_of_the_first_seed(b: Backend) {
         ])
     );
     assert!(data[0]["finish_time"].as_i64().unwrap() > before);
+    // Progress only while running, as the REST view shows it.
+    let (status, body) = query(
+        &s,
+        "info/task",
+        json!({ "apptoken": t.apptoken, "id": cols["id"], "select": ["progress", "status"] }),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["data"]["progress"].is_null(), "{body}");
 
     // The same task reads the same through both dialects.
     let (_, info) = query(
@@ -1339,6 +1348,7 @@ async fn query_dialect_refuses_what_is_not_on_its_lists(b: Backend) {
             400,
             "unknown field 'password'",
         ),
+        (json!({ "select": [] }), 400, "select: names no field"),
         (json!({ "limit": 5000 }), 400, "limit"),
         (json!({ "offset": -1 }), 400, "offset"),
         // Large but well-formed queries are 400s too, before the store's SQL
