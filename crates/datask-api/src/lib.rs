@@ -66,6 +66,10 @@ pub struct AppState {
     pub metrics: Option<Arc<datask_engine::EngineMetrics>>,
     /// Keys seen lately (`auth::CredentialCache`).
     pub credentials: Arc<CredentialCache>,
+    /// Fired at shutdown: streams with no end of their own (server-sent
+    /// events of a task not yet finished) end then, so that the graceful
+    /// shutdown, which waits for every connection, is not held up by them.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 pub fn router(state: AppState) -> Router {

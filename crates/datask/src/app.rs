@@ -118,6 +118,7 @@ pub async fn run(server: Server, shutdown: CancellationToken) -> anyhow::Result<
             config: Arc::new(config),
             metrics: Some(metrics),
             credentials: Default::default(),
+            shutdown: shutdown.clone(),
         };
         let app = datask_api::router(state);
         let stop = shutdown.clone();

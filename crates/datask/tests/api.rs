@@ -23,6 +23,7 @@ on_both_stores!(
     signed_downloads_refuse_tampering_and_serve_ranges,
     uploads_refuse_binary_and_empty_files,
     events_stream_until_the_task_finishes,
+    events_tell_each_run_of_a_repeating_task,
     query_dialect_of_the_first_seed,
     query_dialect_refuses_what_is_not_on_its_lists,
     access_matrix,
@@ -1087,6 +1088,60 @@ async fn uploads_refuse_binary_and_empty_files(b: Backend) {
     assert_eq!(body["size"], 11);
     assert_eq!(body["sha256"], datask_api::sha256_hex(b"user_id\nu1\n"));
     s.stop().await;
+}
+
+/// A repeating task's run ends back in READY, often between two polls of
+/// the stream: a `run` event says how each one ended, and the stream goes on.
+async fn events_tell_each_run_of_a_repeating_task(b: Backend) {
+    let s = start(b).await;
+    let t = s.tenant("shop").await;
+    let task = s
+        .create(&t.key, json!({ "trigger": { "once": "2099-01-01T09:00:00Z", "repeat": "daily" },
+                                "target": { "action": "export", "export_index": "users", "export_format": "csv" } }))
+        .await;
+    let id = task["id"].as_i64().unwrap();
+    let mut resp = s
+        .http
+        .get(format!("{}/tasks/{id}/events", s.url))
+        .bearer_auth(&t.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let (status, body) = s
+        .call("POST", &format!("/tasks/{id}/execute"), &t.key, None)
+        .await;
+    assert!(status < 300, "{status} {body}");
+    let mut text = String::new();
+    let run = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let chunk = resp.chunk().await.unwrap().expect("the stream ended");
+            text.push_str(&String::from_utf8_lossy(&chunk));
+            if let Some(at) = text.find("event: run\n") {
+                if let Some(data) = text[at..].lines().find_map(|l| l.strip_prefix("data: ")) {
+                    if text[at..].contains("\n\n") {
+                        return serde_json::from_str::<Value>(data).unwrap();
+                    }
+                }
+            }
+        }
+    })
+    .await
+    .expect("no run event");
+    assert_eq!(run["state"], "DONE", "{run}");
+    assert!(run["finished_at"].is_string(), "{run}");
+    assert_eq!(run["task"]["state"]["code"], "READY", "{run}");
+    assert_eq!(run["task"]["result"], format!("users-{id}.csv"), "{run}");
+    // The stream is still open; stopping the server ends it rather than
+    // waiting on it.
+    tokio::time::timeout(Duration::from_secs(30), s.stop())
+        .await
+        .expect("the shutdown waited on the open stream");
+    let rest = tokio::time::timeout(Duration::from_secs(10), async {
+        while resp.chunk().await.ok().flatten().is_some() {}
+    })
+    .await;
+    assert!(rest.is_ok(), "the stream outlived the server");
 }
 
 async fn events_stream_until_the_task_finishes(b: Backend) {
