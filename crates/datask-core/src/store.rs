@@ -172,6 +172,27 @@ pub struct Completion {
     pub now: Timestamp,
 }
 
+impl Completion {
+    /// What a store records for this end: the state stored (READY for a
+    /// repeating task sent back) and the log entries appended (the
+    /// transition out of INPROGRESS, the run's own entries, then back to
+    /// READY when rescheduled). Takes the run's entries.
+    pub fn stored_state_and_logs(&mut self) -> (TaskState, Vec<LogEntry>) {
+        let mut logs = Vec::with_capacity(self.logs.len() + 2);
+        logs.push(LogEntry::transition(
+            TaskState::InProgress,
+            self.state,
+            self.now,
+        ));
+        logs.append(&mut self.logs);
+        if self.reschedule.is_some() {
+            logs.push(LogEntry::transition(self.state, TaskState::Ready, self.now));
+            return (TaskState::Ready, logs);
+        }
+        (self.state, logs)
+    }
+}
+
 /// One run's end, as `complete_many` records it.
 #[derive(Debug, Clone)]
 pub struct Finished {

@@ -272,22 +272,11 @@ impl Ends {
         for Finished {
             id,
             fence,
-            completion: done,
+            completion: mut done,
         } in done
         {
-            let mut logs = vec![LogEntry::transition(
-                TaskState::InProgress,
-                done.state,
-                done.now,
-            )];
-            logs.extend(done.logs);
-            let (state, reschedule) = match done.reschedule {
-                Some(at) => {
-                    logs.push(LogEntry::transition(done.state, TaskState::Ready, done.now));
-                    (TaskState::Ready, Some(at))
-                }
-                None => (done.state, None),
-            };
+            let (state, logs) = done.stored_state_and_logs();
+            let reschedule = done.reschedule;
             e.ids.push(id);
             e.fences.push(fence);
             e.states.push(state.as_str());

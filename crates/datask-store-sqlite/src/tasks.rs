@@ -331,22 +331,11 @@ fn prepare_ends(done: Vec<Finished>) -> Result<Vec<End>, Failure> {
     for Finished {
         id,
         fence,
-        completion: done,
+        completion: mut done,
     } in done
     {
-        let mut logs = vec![LogEntry::transition(
-            TaskState::InProgress,
-            done.state,
-            done.now,
-        )];
-        logs.extend(done.logs);
-        let (state, run_at) = match done.reschedule {
-            Some(at) => {
-                logs.push(LogEntry::transition(done.state, TaskState::Ready, done.now));
-                (TaskState::Ready, Some(micros(at)))
-            }
-            None => (done.state, None),
-        };
+        let (state, logs) = done.stored_state_and_logs();
+        let run_at = done.reschedule.map(micros);
         ends.push(End {
             id,
             fence,
