@@ -30,6 +30,38 @@ use crate::import::RowProblem;
 /// How much of a bad value a message repeats.
 const SHOWN_CHARS: usize = 40;
 
+/// The longest text value (UTF-8 bytes) a cell may hold. Far above any
+/// name, address or identifier, far below the record limit: a 30 MB
+/// `first_name` is a broken file, not a profile.
+pub const MAX_TEXT_BYTES: usize = 64 << 10;
+
+/// The longest JSON object (an `attributes` cell, as written) a cell may hold.
+pub const MAX_JSON_BYTES: usize = 1 << 20;
+
+fn too_long(col: &Spec, len: usize, max: usize) -> RowProblem {
+    RowProblem {
+        code: "value_too_long",
+        column: Some(col.name.to_string()),
+        message: format!(
+            "Column '{}' has a value of {len} bytes; at most {max} are accepted",
+            col.name
+        ),
+    }
+}
+
+/// The size check every kept text or JSON value passes.
+fn within(col: &Spec, len: usize) -> Result<(), RowProblem> {
+    let max = if col.ty == ColumnType::Json {
+        MAX_JSON_BYTES
+    } else {
+        MAX_TEXT_BYTES
+    };
+    if len > max {
+        return Err(too_long(col, len, max));
+    }
+    Ok(())
+}
+
 fn shown(raw: &str) -> String {
     match raw.char_indices().nth(SHOWN_CHARS) {
         Some((at, _)) => format!("{}…", &raw[..at]),
@@ -101,6 +133,7 @@ pub(crate) fn text_cell(col: &Spec, is_key: bool, raw: &str) -> Result<Value, Ro
         if is_key && raw.as_bytes().first().is_some_and(blank) && raw.trim().is_empty() {
             return null(col, is_key);
         }
+        within(col, raw.len())?;
         return Ok(Value::Text(raw.to_string()));
     }
     let trimmed = raw.trim();
@@ -119,6 +152,7 @@ pub(crate) fn text_cell(col: &Spec, is_key: bool, raw: &str) -> Result<Value, Ro
         }
         ColumnType::Time => Value::Time(parse_time(trimmed).ok_or_else(|| invalid(col, raw))?),
         ColumnType::Json => {
+            within(col, trimmed.len())?;
             if is_json_object(trimmed) {
                 // Kept as written: validated, not reformatted.
                 Value::Json(trimmed.to_string())
@@ -279,7 +313,10 @@ pub(crate) fn json_cell(col: &Spec, is_key: bool, text: Option<&str>) -> Result<
             },
         },
         Some(b't' | b'f') if col.ty == ColumnType::Boolean => Ok(Value::Boolean(text == "true")),
-        Some(b'{') if col.ty == ColumnType::Json => Ok(Value::Json(text.to_string())),
+        Some(b'{') if col.ty == ColumnType::Json => {
+            within(col, text.len())?;
+            Ok(Value::Json(text.to_string()))
+        }
         Some(b'-' | b'0'..=b'9') => json_number(col, text),
         Some(_) => Err(invalid(col, text)),
     }
@@ -290,7 +327,10 @@ fn json_number(col: &Spec, text: &str) -> Result<Value, RowProblem> {
     let bad = || invalid(col, text);
     match col.ty {
         // Kept as written, so `123` as an identifier is "123".
-        ColumnType::Text => Ok(Value::Text(text.to_string())),
+        ColumnType::Text => {
+            within(col, text.len())?;
+            Ok(Value::Text(text.to_string()))
+        }
         ColumnType::Integer => match text.parse::<i64>() {
             Ok(n) => Ok(Value::Integer(n)),
             // `5.0` or `5e3` when it is a whole number that fits exactly.
@@ -338,6 +378,36 @@ mod tests {
         let p = parse_text(col(index, name), false, raw).unwrap_err();
         assert_eq!((p.code, p.column.as_deref()), ("invalid_value", Some(name)));
         p.message
+    }
+
+    #[test]
+    fn values_have_a_size_limit() {
+        let name = col(&USERS, "first_name");
+        let at_limit = "a".repeat(MAX_TEXT_BYTES);
+        assert!(parse_text(name, false, &at_limit).is_ok());
+        let over = "é".repeat(MAX_TEXT_BYTES / 2 + 1);
+        for got in [
+            parse_text(name, false, &over),
+            json(name, &format!("\"{over}\"")),
+            json(name, &"1".repeat(MAX_TEXT_BYTES + 2)),
+        ] {
+            let p = got.unwrap_err();
+            assert_eq!(
+                (p.code, p.column.as_deref(), p.message.as_str()),
+                (
+                    "value_too_long",
+                    Some("first_name"),
+                    "Column 'first_name' has a value of 65538 bytes; at most 65536 are accepted"
+                )
+            );
+        }
+        let attributes = col(&USERS, "attributes");
+        let big = format!("{{\"a\":\"{}\"}}", "x".repeat(MAX_JSON_BYTES));
+        assert_eq!(
+            parse_text(attributes, false, &big).unwrap_err().code,
+            "value_too_long"
+        );
+        assert_eq!(json(attributes, &big).unwrap_err().code, "value_too_long");
     }
 
     #[test]

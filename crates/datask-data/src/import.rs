@@ -915,15 +915,12 @@ impl<'de> Visitor<'de> for KeysVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Vec<String>, A::Error> {
-        // One pass (a set beside the list): a line of 100k keys must not
-        // cost 100k² comparisons before the header check refuses it.
+        // Every key, repeats too: the header check refuses a repeated one
+        // as it does a CSV header's ("appears more than once").
         let mut keys: Vec<String> = Vec::new();
-        let mut seen = std::collections::HashSet::new();
         while let Some(key) = map.next_key::<String>()? {
             map.next_value::<IgnoredAny>()?;
-            if seen.insert(key.clone()) {
-                keys.push(key);
-            }
+            keys.push(key);
         }
         Ok(keys)
     }
@@ -961,7 +958,14 @@ impl<'de> Visitor<'de> for KeySeed<'_> {
 }
 
 /// Records where each column's value lies in the line, without building
-/// anything; the first unknown key is kept.
+/// anything; the first unknown or repeated key is kept.
+/// The first key of a line that stops it: one the first line does not
+/// have, or one the line already had.
+enum OddKey {
+    Unknown(String),
+    Repeated(String),
+}
+
 struct LineVisitor<'a> {
     base: usize,
     names: &'a [String],
@@ -969,28 +973,34 @@ struct LineVisitor<'a> {
 }
 
 impl<'de> Visitor<'de> for LineVisitor<'_> {
-    type Value = Option<String>;
+    type Value = Option<OddKey>;
 
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.write_str("a JSON object")
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<String>, A::Error> {
-        let mut unknown = None;
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<OddKey>, A::Error> {
+        let mut odd = None;
         while let Some(key) = map.next_key_seed(KeySeed(self.names))? {
             match key {
                 Key::Known(i) => {
                     let v: &'de RawValue = map.next_value()?;
+                    if self.ranges[i].is_some() {
+                        // JSON leaves a repeated name's meaning open; taking
+                        // either value would be a guess the user never sees.
+                        odd.get_or_insert_with(|| OddKey::Repeated(self.names[i].clone()));
+                        continue;
+                    }
                     let start = v.get().as_ptr() as usize - self.base;
                     self.ranges[i] = Some((start, start + v.get().len()));
                 }
                 Key::Unknown(k) => {
                     map.next_value::<IgnoredAny>()?;
-                    unknown.get_or_insert(k);
+                    odd.get_or_insert(OddKey::Unknown(k));
                 }
             }
         }
-        Ok(unknown)
+        Ok(odd)
     }
 }
 
@@ -1022,7 +1032,7 @@ fn parse_json_line(
         names,
         ranges,
     };
-    let unknown = de
+    let odd = de
         .deserialize_map(visitor)
         .and_then(|u| de.end().map(|()| u))
         .map_err(|e| RowProblem {
@@ -1030,12 +1040,22 @@ fn parse_json_line(
             column: None,
             message: format!("Line is not a JSON object: {e}"),
         })?;
-    if let Some(extra) = unknown {
-        return Err(RowProblem {
-            code: "unknown_field",
-            column: Some(extra.clone()),
-            message: format!("Field '{extra}' is not among the first line's fields"),
-        });
+    match odd {
+        None => {}
+        Some(OddKey::Unknown(extra)) => {
+            return Err(RowProblem {
+                code: "unknown_field",
+                message: format!("Field '{extra}' is not among the first line's fields"),
+                column: Some(extra),
+            });
+        }
+        Some(OddKey::Repeated(name)) => {
+            return Err(RowProblem {
+                code: "repeated_field",
+                message: format!("Field '{name}' appears more than once in the line"),
+                column: Some(name),
+            });
+        }
     }
     let mut values = Vec::with_capacity(slots.len());
     let mut attributes = Vec::new();

@@ -298,7 +298,7 @@ fn json_lines() {
             (10, Ok(vec![text("pé"), Value::Null, Value::Boolean(true)])),
             (11, Err("invalid_utf8")),
             (12, Err("invalid_json")),
-            (13, Ok(vec![text("p12"), Value::Null, Value::Null])),
+            (13, Err("repeated_field")),
         ]
     );
     let p = |i: usize| got[i].outcome.clone().unwrap_err();
@@ -315,6 +315,14 @@ fn json_lines() {
         )
     );
     assert_eq!(p(5).message, "Column 'price' has 'abc', expected a number");
+    assert_eq!(
+        (p(11).column, p(11).message),
+        (
+            Some("product_id".into()),
+            "Field 'product_id' appears more than once in the line".into()
+        ),
+        "a repeated key is an error, not a guess at which value counts"
+    );
     assert!(
         p(1).message.starts_with("Line is not a JSON object"),
         "{}",
@@ -331,6 +339,11 @@ fn json_lines_column_problems() {
             "Column 'Name' is not a recognized field of index 'products'",
             "Column 'product_id' is required: it identifies the rows of index 'products'",
         ]
+    );
+    assert_eq!(
+        columns_error(b"{\"product_id\":1,\"price\":2,\"price\":3}\n", &PRODUCTS),
+        ["Column 'price' appears more than once"],
+        "the first line's keys are its header, and a header names a column once"
     );
     let e = file_error(b"[1,2]\n{\"user_id\":\"u\"}\n", InputFormat::JsonLines);
     assert!(
