@@ -22,6 +22,10 @@ pub fn row_message(code: &str, column: Option<&str>) -> String {
         "invalid_utf8" => in_column("Rows are not valid UTF-8"),
         "invalid_json" => "Rows are not JSON objects".into(),
         "unknown_attribute" => in_column("Rows have an attribute that is not a profile attribute"),
+        "ambiguous_identifier" => in_column("Rows match more than one profile"),
+        "identifier_taken" => {
+            in_column("Rows would make a profile whose user_id another profile has")
+        }
         "value_too_long" => in_column("Rows have a value that is too long"),
         "repeated_field" => in_column("Rows name a field more than once"),
         "unknown_field" => match column {

@@ -558,7 +558,10 @@ fn fill_kept(
 /// For tenants that identify profiles by `column` (email or mobile number):
 /// a row whose identifier an existing profile holds updates that profile
 /// (its `user_id` wins over the file's); two rows of a batch that land on
-/// one profile make the later a duplicate.
+/// one profile make the later a duplicate. A row is rejected, not guessed,
+/// when its identifier is held by several profiles, or when it is new and
+/// the `user_id` it would get (its identifier, when the file gives none)
+/// is another profile's: writing it would edit someone else.
 async fn match_profiles(
     ctx: &TaskContext,
     column: &'static str,
@@ -575,13 +578,52 @@ async fn match_profiles(
     };
     use crate::lists::text_at as text;
     let found = crate::lists::profiles_by(ctx, column, &rows, id_pos).await?;
+    // New identifiers whose user_id would be the identifier itself.
+    let derived: Vec<String> = rows
+        .iter()
+        .filter(|r| !found.contains_key(&text(r, id_pos)) && text(r, key_pos) == text(r, id_pos))
+        .map(|r| text(r, key_pos))
+        .collect();
+    let taken: HashSet<String> = if derived.is_empty() {
+        HashSet::new()
+    } else {
+        ctx.store
+            .lookup_profiles(ctx.task.tenant_id, "user_id", derived)
+            .await?
+            .into_iter()
+            .map(|(user_id, _)| user_id)
+            .collect()
+    };
     let mut seen = HashSet::with_capacity(rows.len());
     let mut kept = Vec::with_capacity(rows.len());
     for mut row in rows {
-        if let Some(user_id) = found.get(&text(&row, id_pos)) {
-            row.values[key_pos] = Cell::Text(user_id.clone());
-        }
-        if seen.insert(text(&row, key_pos)) {
+        let value = text(&row, id_pos);
+        let problem = match found.get(&value).map(Vec::as_slice) {
+            Some(ids @ [_, _, ..]) => Some(crate::lists::ambiguous_profile(
+                column,
+                &value,
+                ids,
+                row.raw.clone(),
+                row.row,
+            )),
+            Some([user_id, ..]) => {
+                row.values[key_pos] = Cell::Text(user_id.clone());
+                None
+            }
+            _ if text(&row, key_pos) == value && taken.contains(&value) => Some(RowReject {
+                row: row.row,
+                code: "identifier_taken".into(),
+                column: Some(column.into()),
+                message: format!(
+                    "No profile has {column} '{value}', and the user_id a new profile would get, '{value}', is another profile's: give the row a user_id"
+                ),
+                raw: row.raw.clone(),
+            }),
+            _ => None,
+        };
+        if let Some(reject) = problem {
+            rejects.push(reject);
+        } else if seen.insert(text(&row, key_pos)) {
             kept.push(row);
         } else {
             rejects.push(RowReject {

@@ -35,20 +35,50 @@ pub(crate) fn text_at(row: &ImportRow, pos: usize) -> String {
 }
 
 /// The stored profiles whose `column` holds a value the rows hold at
-/// `pos`: value → user_id, in one lookup per batch.
+/// `pos`: value → the user_ids holding it (sorted), in one lookup per batch.
 pub(crate) async fn profiles_by(
     ctx: &TaskContext,
     column: &'static str,
     rows: &[ImportRow],
     pos: usize,
-) -> Result<HashMap<String, String>, TaskError> {
+) -> Result<HashMap<String, Vec<String>>, TaskError> {
     let wanted = rows.iter().map(|r| text_at(r, pos)).collect();
-    Ok(ctx
+    let mut found: HashMap<String, Vec<String>> = HashMap::new();
+    for (value, user_id) in ctx
         .store
         .lookup_profiles(ctx.task.tenant_id, column, wanted)
         .await?
-        .into_iter()
-        .collect())
+    {
+        found.entry(value).or_default().push(user_id);
+    }
+    for ids in found.values_mut() {
+        ids.sort_unstable();
+    }
+    Ok(found)
+}
+
+/// The reject of a row whose email or number several profiles share: which
+/// one it meant cannot be told, and picking one would be a guess.
+pub(crate) fn ambiguous_profile(
+    column: &str,
+    value: &str,
+    ids: &[String],
+    raw: String,
+    row: i64,
+) -> RowReject {
+    let shown: Vec<&str> = ids.iter().take(4).map(String::as_str).collect();
+    RowReject {
+        row,
+        code: "ambiguous_identifier".into(),
+        column: Some(column.into()),
+        message: format!(
+            "{} profiles have {column} '{value}' (user_id {}{}): give the row a user_id",
+            ids.len(),
+            shown.join(", "),
+            if ids.len() > shown.len() { ", …" } else { "" }
+        ),
+        raw,
+    }
 }
 
 /// Where a `list_import` writes, and how it finds profiles.
@@ -88,8 +118,17 @@ impl ListTarget {
         let mut members = Vec::with_capacity(rows.len());
         for row in rows {
             let value = text_at(&row, pos);
-            match found.get(&value) {
-                Some(user_id) => members.push(ImportRow {
+            match found.get(&value).map(Vec::as_slice) {
+                Some(ids @ [_, _, ..]) => {
+                    rejects.push(ambiguous_profile(
+                        self.identifier,
+                        &value,
+                        ids,
+                        row.raw,
+                        row.row,
+                    ));
+                }
+                Some([user_id, ..]) => members.push(ImportRow {
                     row: row.row,
                     values: vec![
                         Cell::Text(self.list_id.clone()),
@@ -98,7 +137,7 @@ impl ListTarget {
                     ],
                     raw: row.raw,
                 }),
-                None => rejects.push(RowReject {
+                Some([]) | None => rejects.push(RowReject {
                     row: row.row,
                     code: "unknown_profile".into(),
                     column: Some(self.identifier.into()),

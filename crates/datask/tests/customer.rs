@@ -870,9 +870,60 @@ async fn messages_and_personal_data(b: Backend) {
 async fn profiles_identified_by_email(b: Backend) {
     let s = start(b).await;
     let t = s.tenant("by-email").await;
-    let done = profile_import(&s, &t, "user_id,email\nu1,a@x.io\nu2,b@x.io\n", json!({})).await;
+    let done = profile_import(
+        &s,
+        &t,
+        "user_id,email\nu1,a@x.io\nu2,b@x.io\nd1,same@x.io\nd2,same@x.io\nbob,bob@x.io\n",
+        json!({}),
+    )
+    .await;
     assert_eq!(done["state"]["code"], "DONE", "{done}");
     settings(&s, &t, json!({ "identifier_column": "email" })).await;
+    // An email two profiles share cannot say which one a row means, and a
+    // new email whose would-be user_id is another profile's must not edit
+    // that profile: both rows are rejected, and nobody is changed.
+    let done = profile_import(
+        &s,
+        &t,
+        "email,first_name\nsame@x.io,Sam\nbob,Mallory\n",
+        json!({}),
+    )
+    .await;
+    assert_eq!(done["state"]["code"], "ERROR", "{done}");
+    let reasons: Vec<&str> = done["errors"]["file[rows]"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            "Rows match more than one profile in column 'email' (Row 2)",
+            "Rows would make a profile whose user_id another profile has in column 'email' (Row 3)"
+        ],
+        "{done}"
+    );
+    let failed = String::from_utf8(s.download(&t.key, done["id"].as_i64().unwrap()).await).unwrap();
+    assert!(
+        failed.contains("2 profiles have email 'same@x.io' (user_id d1, d2)"),
+        "{failed}"
+    );
+    assert!(failed.contains("is another profile's"), "{failed}");
+    // The same for a list built by email.
+    let upload = s
+        .upload(&t.key, "vip.csv", b"email\nsame@x.io\na@x.io\n".to_vec())
+        .await;
+    let task = s
+        .create(&t.key, json!({ "identifier": "list_import", "target": { "list_id": "vip", "upload_id": upload } }))
+        .await;
+    let done = s.wait(&t.key, task["id"].as_i64().unwrap(), 60).await;
+    assert_eq!(
+        done["errors"],
+        json!({ "file[rows]": ["Rows match more than one profile in column 'email' (Row 2)"] }),
+        "{done}"
+    );
+    assert_eq!(done["output"]["applied"], 1, "{done}");
     let done = profile_import(
         &s,
         &t,
@@ -900,7 +951,17 @@ async fn profiles_identified_by_email(b: Backend) {
             )
         })
         .collect();
-    assert_eq!(names, [("new@x.io", "Neo"), ("u1", "Ann"), ("u2", "Bea")]);
+    assert_eq!(
+        names,
+        [
+            ("bob", ""),
+            ("d1", ""),
+            ("d2", ""),
+            ("new@x.io", "Neo"),
+            ("u1", "Ann"),
+            ("u2", "Bea")
+        ]
+    );
     s.stop().await;
 }
 
