@@ -599,6 +599,8 @@ async fn match_profiles(
     for mut row in rows {
         let value = text(&row, id_pos);
         let problem = match found.get(&value).map(Vec::as_slice) {
+            // The row names which of the sharing profiles it means.
+            Some(ids @ [_, _, ..]) if ids.contains(&text(&row, key_pos)) => None,
             Some(ids @ [_, _, ..]) => Some(crate::lists::ambiguous_profile(
                 column,
                 &value,

@@ -910,6 +910,15 @@ async fn profiles_identified_by_email(b: Backend) {
         "{failed}"
     );
     assert!(failed.contains("is another profile's"), "{failed}");
+    // A row that names one of the sharing profiles updates that one.
+    let done = profile_import(
+        &s,
+        &t,
+        "email,first_name,user_id\nsame@x.io,Dee,d2\n",
+        json!({}),
+    )
+    .await;
+    assert_eq!(done["state"]["code"], "DONE", "{done}");
     // The same for a list built by email.
     let upload = s
         .upload(&t.key, "vip.csv", b"email\nsame@x.io\na@x.io\n".to_vec())
@@ -956,7 +965,7 @@ async fn profiles_identified_by_email(b: Backend) {
         [
             ("bob", ""),
             ("d1", ""),
-            ("d2", ""),
+            ("d2", "Dee"),
             ("new@x.io", "Neo"),
             ("u1", "Ann"),
             ("u2", "Bea")
